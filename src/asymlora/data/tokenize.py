@@ -1,0 +1,311 @@
+"""Tokenisation with the loss on the response only, padding collators, and task-mixing samplers.
+
+The prompt and the response are tokenised separately and concatenated. This keeps the boundary
+exact (no merge across it), and the prompt tokens are then the very tokens the model is given at
+generation time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from torch.utils.data import Sampler
+
+from .records import Example
+from .templates import Template, get_template
+
+__all__ = [
+    "IGNORE_INDEX",
+    "encode_prompt",
+    "tokenize_example",
+    "tokenize_examples",
+    "task_names_of",
+    "MultiTaskCollator",
+    "task_weights",
+    "task_quotas",
+    "mixed_indices",
+    "mix_examples",
+    "TaskMixSampler",
+]
+
+IGNORE_INDEX = -100
+
+
+def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def encode_prompt(tokenizer: Any, template: Template, example: Example) -> list[int]:
+    """Token ids of an example's prompt, exactly as used for training and generation."""
+    prompt = template.format_prompt(example.instruction, example.input)
+    return _ids(tokenizer, prompt, template.add_special_tokens)
+
+
+def tokenize_example(
+    example: Example,
+    tokenizer: Any,
+    template: Template | str | None = None,
+    cutoff_len: int = 256,
+    train_on_prompt: bool = False,
+    add_eos: bool = True,
+    task_id: int | None = None,
+) -> dict[str, Any]:
+    """input_ids / attention_mask / labels for one example (labels -100 on the prompt).
+
+    The sequence is prompt + response + EOS, then cut at `cutoff_len` from the right: a response
+    that does not fit loses its EOS too, so the model is never taught to stop early.
+    """
+    if cutoff_len < 1:
+        raise ValueError(f"cutoff_len must be >= 1, got {cutoff_len}")
+    template = get_template(template, tokenizer)
+    prompt_ids = encode_prompt(tokenizer, template, example)
+    response_ids = _ids(tokenizer, example.output, add_special_tokens=False)
+    if add_eos:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos_token_id; set one")
+        response_ids = response_ids + [eos]
+    input_ids = (prompt_ids + response_ids)[:cutoff_len]
+    if train_on_prompt:
+        labels = list(input_ids)
+    else:
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:cutoff_len]
+    out: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": labels,
+    }
+    if task_id is not None:
+        out["task_id"] = task_id
+    return out
+
+
+def task_names_of(examples: Sequence[Example]) -> list[str]:
+    """Sorted task names: the default task index, stable between train and test sets."""
+    return sorted({ex.task for ex in examples})
+
+
+def tokenize_examples(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    template: Template | str | None = None,
+    cutoff_len: int = 256,
+    train_on_prompt: bool = False,
+    add_eos: bool = True,
+    task_names: Sequence[str] | None = None,
+    drop_without_target: bool = True,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Tokenise many examples; each feature carries `task_id` (index into the returned task list).
+
+    With `drop_without_target`, examples whose prompt fills the whole cut-off (no response token
+    left to learn) are dropped: a batch of them would give a NaN loss.
+    """
+    template = get_template(template, tokenizer)
+    names = list(task_names) if task_names is not None else task_names_of(examples)
+    index = {t: i for i, t in enumerate(names)}
+    features = []
+    for ex in examples:
+        if ex.task not in index:
+            raise KeyError(f"example {ex.id!r}: task {ex.task!r} not in task list {names}")
+        feat = tokenize_example(
+            ex, tokenizer, template, cutoff_len, train_on_prompt, add_eos, task_id=index[ex.task]
+        )
+        if drop_without_target and all(x == IGNORE_INDEX for x in feat["labels"]):
+            continue
+        features.append(feat)
+    return features, names
+
+
+class MultiTaskCollator:
+    """Pads a list of features to one batch and carries `task_ids`.
+
+    Right padding for training (positions stay 0..n-1 for real tokens), left padding for
+    generation (every prompt ends at the last column, where new tokens are appended).
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_side: str = "right",
+        label_pad_token_id: int = IGNORE_INDEX,
+        pad_to_multiple_of: int | None = None,
+        return_task_ids: bool = True,
+    ) -> None:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to eos)")
+        self.pad_token_id = int(pad_token_id)
+        self.padding_side = padding_side
+        self.label_pad_token_id = label_pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_task_ids = return_task_ids
+
+    def _pad(self, seq: Sequence[int], length: int, value: int) -> list[int]:
+        pad = [value] * (length - len(seq))
+        return pad + list(seq) if self.padding_side == "left" else list(seq) + pad
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = int(math.ceil(length / m) * m)
+        has_labels = ["labels" in f for f in features]
+        if any(has_labels) and not all(has_labels):
+            raise ValueError("some features have labels and some do not")
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor([self._pad(f["input_ids"], length, self.pad_token_id) for f in features]),
+            "attention_mask": torch.tensor(
+                [
+                    self._pad(f.get("attention_mask", [1] * len(f["input_ids"])), length, 0)
+                    for f in features
+                ]
+            ),
+        }
+        if all(has_labels):
+            for i, f in enumerate(features):
+                if len(f["labels"]) != len(f["input_ids"]):
+                    raise ValueError(
+                        f"feature {i}: labels length {len(f['labels'])} != "
+                        f"input_ids length {len(f['input_ids'])}"
+                    )
+            batch["labels"] = torch.tensor(
+                [self._pad(f["labels"], length, self.label_pad_token_id) for f in features]
+            )
+        if self.return_task_ids:
+            missing = [i for i, f in enumerate(features) if "task_id" not in f]
+            if missing:
+                raise KeyError(f"feature(s) {missing} have no 'task_id' (tokenize with a task list)")
+            batch["task_ids"] = torch.tensor([int(f["task_id"]) for f in features])
+        return batch
+
+
+def task_weights(
+    sizes: Mapping[str, int], strategy: str = "proportional", temperature: float | None = None
+) -> dict[str, float]:
+    """Sampling probability per task.
+
+    proportional: p_k = n_k / N (every example equally likely); balanced: p_k = 1 / K;
+    temperature T: p_k proportional to n_k^(1/T) (T = 1 proportional, T -> inf balanced).
+    """
+    if not sizes:
+        raise ValueError("no tasks to weight")
+    for t, n in sizes.items():
+        if n <= 0:
+            raise ValueError(f"task {t!r} has no examples")
+    if temperature is not None:
+        if strategy != "temperature":
+            raise ValueError("temperature is only used with strategy='temperature'")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+    if strategy == "proportional":
+        raw = {t: float(n) for t, n in sizes.items()}
+    elif strategy == "balanced":
+        raw = {t: 1.0 for t in sizes}
+    elif strategy == "temperature":
+        if temperature is None:
+            raise ValueError("strategy 'temperature' needs a temperature")
+        raw = {t: float(n) ** (1.0 / temperature) for t, n in sizes.items()}
+    else:
+        raise ValueError(
+            f"unknown sampling strategy {strategy!r}; use 'proportional', 'balanced' or 'temperature'"
+        )
+    total = sum(raw.values())
+    return {t: w / total for t, w in raw.items()}
+
+
+def task_quotas(weights: Mapping[str, float], num_samples: int) -> dict[str, int]:
+    """Integer draws per task summing to num_samples (largest-remainder rounding, ties by order)."""
+    exact = {t: w * num_samples for t, w in weights.items()}
+    quotas = {t: int(math.floor(v)) for t, v in exact.items()}
+    left = num_samples - sum(quotas.values())
+    order = sorted(exact, key=lambda t: -(exact[t] - quotas[t]))
+    for t in order[:left]:
+        quotas[t] += 1
+    return quotas
+
+
+def mixed_indices(
+    task_of: Sequence[Any],
+    strategy: str = "proportional",
+    seed: int = 0,
+    num_samples: int | None = None,
+    temperature: float | None = None,
+) -> list[int]:
+    """A shuffled list of example indices mixing tasks at the chosen rates.
+
+    Each task contributes its quota by walking through fresh random permutations of its
+    examples, so an example repeats only after all of its task's examples were drawn.
+    With 'proportional' and the default num_samples (all examples) this is a plain shuffle.
+    """
+    by_task: dict[Any, list[int]] = {}
+    for i, t in enumerate(task_of):
+        by_task.setdefault(t, []).append(i)
+    n = len(task_of) if num_samples is None else num_samples
+    if n < 0:
+        raise ValueError(f"num_samples must be >= 0, got {n}")
+    weights = task_weights({t: len(v) for t, v in by_task.items()}, strategy, temperature)
+    quotas = task_quotas(weights, n)
+    rng = random.Random(seed)
+    out: list[int] = []
+    for t, members in by_task.items():
+        need = quotas[t]
+        while need > 0:
+            perm = members[:]
+            rng.shuffle(perm)
+            out.extend(perm[:need])
+            need -= len(perm[:need])
+    rng.shuffle(out)
+    return out
+
+
+def mix_examples(
+    examples: Sequence[Example],
+    strategy: str = "proportional",
+    seed: int = 0,
+    num_samples: int | None = None,
+    temperature: float | None = None,
+) -> list[Example]:
+    """The mixed training list of examples (see `mixed_indices`)."""
+    idx = mixed_indices([ex.task for ex in examples], strategy, seed, num_samples, temperature)
+    return [examples[i] for i in idx]
+
+
+class TaskMixSampler(Sampler):
+    """Sampler over a tokenised dataset mixing tasks; a new mix each epoch (`set_epoch`)."""
+
+    def __init__(
+        self,
+        task_ids: Sequence[Any],
+        strategy: str = "proportional",
+        num_samples: int | None = None,
+        seed: int = 0,
+        temperature: float | None = None,
+    ) -> None:
+        self.task_ids = list(task_ids)
+        self.strategy = strategy
+        self.num_samples = len(self.task_ids) if num_samples is None else num_samples
+        self.seed = seed
+        self.temperature = temperature
+        self.epoch = 0
+        # validate now rather than at the first iteration
+        mixed_indices(self.task_ids, strategy, seed, 0, temperature)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        seed = self.seed * 1_000_003 + self.epoch
+        return iter(
+            mixed_indices(self.task_ids, self.strategy, seed, self.num_samples, self.temperature)
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples

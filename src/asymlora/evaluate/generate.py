@@ -1,0 +1,211 @@
+"""Batched generation and prediction files.
+
+Generation always runs with the model in eval mode (dropout off) under torch.no_grad(), and puts
+the model back in the mode it was in. Prompts are left-padded so that every row's last prompt
+token is in the last column. Predictions are keyed by example id; prediction files are written
+fresh and atomically, one JSON object per line with the id, never appended to an older file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.records import Example, check_unique_ids
+from ..data.templates import Template, get_template
+from ..data.tokenize import MultiTaskCollator, encode_prompt
+from .scoring import KindSpec, score_examples
+
+__all__ = [
+    "eval_mode",
+    "generate_predictions",
+    "write_predictions",
+    "read_predictions",
+    "EvalResult",
+    "evaluate_examples",
+    "PREDICTION_FIELDS",
+]
+
+PREDICTION_FIELDS = ("id", "task", "prediction", "gold", "score")
+
+
+@contextmanager
+def eval_mode(model: Any):
+    """Eval mode and no_grad for the block; the previous train/eval mode is restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def _model_device(model: Any) -> Any:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        import torch
+
+        return torch.device("cpu")
+
+
+def generate_predictions(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    template: Template | str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> dict[str, str]:
+    """Greedy (num_beams=1) or beam-search responses, keyed by example id.
+
+    Prompts are sorted by length before batching (less padding); the result is keyed by id, so
+    order never matters. Only the newly generated tokens are decoded.
+    """
+    from transformers import GenerationConfig
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    check_unique_ids(examples)
+    template = get_template(template, tokenizer)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        raise ValueError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    collate = MultiTaskCollator(pad, padding_side="left", return_task_ids=False)
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=num_beams,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        **generate_kwargs,
+    )
+    encoded = [(ex.id, encode_prompt(tokenizer, template, ex)) for ex in examples]
+    encoded.sort(key=lambda item: len(item[1]))
+    batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
+    device = _model_device(model)
+    out: dict[str, str] = {}
+    iterator: Iterable[list[tuple[str, list[int]]]] = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc="generate", unit="batch")
+    with eval_mode(model):
+        for batch in iterator:
+            feats = [{"input_ids": ids} for _, ids in batch]
+            enc = collate(feats)
+            input_ids = enc["input_ids"].to(device)
+            attention_mask = enc["attention_mask"].to(device)
+            seqs = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config
+            )
+            new = seqs[:, input_ids.shape[1] :]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for (ex_id, _), text in zip(batch, texts):
+                out[ex_id] = text.strip()
+    return out
+
+
+def write_predictions(path: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write prediction records to a fresh JSONL file, atomically (temp file + os.replace).
+
+    Each record needs id, task, prediction, gold and score; ids must be unique. An existing
+    file at `path` is replaced as a whole, never appended to.
+    """
+    path = Path(path)
+    rows = []
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        missing = [k for k in PREDICTION_FIELDS if k not in rec]
+        if missing:
+            raise KeyError(f"prediction record {i}: missing field(s) {missing}")
+        if rec["id"] in seen:
+            raise ValueError(f"prediction record {i}: duplicate id {rec['id']!r}")
+        seen.add(rec["id"])
+        rows.append(json.dumps(dict(rec), ensure_ascii=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(row + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a predictions JSONL file into id -> record (duplicate ids are an error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    out: dict[str, dict[str, Any]] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {lineno}: malformed JSON ({err.msg})") from err
+        if not isinstance(rec, dict) or "id" not in rec or "prediction" not in rec:
+            raise ValueError(f"{path}: line {lineno}: expected an object with 'id' and 'prediction'")
+        if rec["id"] in out:
+            raise ValueError(f"{path}: line {lineno}: duplicate id {rec['id']!r}")
+        out[rec["id"]] = rec
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Per-task scores (percent) and one scored record per example."""
+
+    per_task: dict[str, float]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def average(self) -> float:
+        return sum(self.per_task.values()) / len(self.per_task)
+
+
+def evaluate_examples(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    kinds: KindSpec = None,
+    template: Template | str | None = None,
+    predictions_path: str | Path | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    progress: bool = True,
+) -> EvalResult:
+    """Generate, score per task, and (optionally) write the predictions file."""
+    preds = generate_predictions(
+        model, tokenizer, examples, template, batch_size, max_new_tokens, num_beams, progress
+    )
+    per_task, records = score_examples(examples, preds, kinds)
+    if predictions_path is not None:
+        write_predictions(predictions_path, records)
+    return EvalResult(per_task, records)
