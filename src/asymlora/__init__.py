@@ -6,7 +6,7 @@ Importing the package registers its adapters with PEFT, so `peft.get_peft_model`
 
 from .adapters import ALoRAConfig, DecomposedLoRAConfig, HydraLoRAConfig, MoSLoRAConfig
 from .adapters.export import export_lora, mean_gates
-from .adapters.registry import get_peft_model
+from .adapters.registry import get_peft_model, load_adapter
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,7 @@ __all__ = [
     "MoSLoRAConfig",
     "DecomposedLoRAConfig",
     "get_peft_model",
+    "load_adapter",
     "export_lora",
     "mean_gates",
 ]

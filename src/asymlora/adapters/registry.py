@@ -74,3 +74,28 @@ def get_peft_model(model: Any, peft_config: Any, adapter_name: str = "default", 
 
     register_with_peft()
     return peft.get_peft_model(model, peft_config, adapter_name=adapter_name, **kwargs)
+
+
+def load_adapter(model: Any, path: str, adapter_name: str = "default", is_trainable: bool = False) -> Any:
+    """`peft.PeftModel.from_pretrained` restricted to safetensors, with errors that name the problem.
+
+    A directory holding only a pickled `adapter_model.bin` is refused: unpickling runs arbitrary code."""
+    import os
+
+    import peft
+
+    register_with_peft()
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise FileNotFoundError(f"no adapter_config.json in {path!r}: not an adapter directory")
+    if not os.path.isfile(weights):
+        pickled = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+        extra = f" (found {pickled}: pickled weights are never loaded)" if pickled else ""
+        raise FileNotFoundError(f"no adapter_model.safetensors in {path!r}{extra}")
+    try:
+        return peft.PeftModel.from_pretrained(model, path, adapter_name=adapter_name, is_trainable=is_trainable,
+                                              use_safetensors=True)
+    except RuntimeError as exc:
+        if "size mismatch" in str(exc):
+            raise ValueError(f"the adapter in {path!r} does not fit this model: {exc}") from exc
+        raise

