@@ -1,0 +1,152 @@
+"""Training-step time and peak memory: frozen-base floor, PEFT LoRA, our ALoRA and HydraLoRA.
+
+A step is forward + backward + AdamW on a randomly initialised Llama (weights do not change the
+cost). On a GPU the default shape is LLaMA-2-7B's layer shape cut to 4 layers, in bf16; on the CPU
+a small shape in float32. Every figure is also given as a ratio to PEFT LoRA and to the floor
+measured in the same run, so that results from different machines can be compared.
+
+    python benchmarks/step_time.py --device cuda            # 4 x 256 and 8 x 1024, d 4096
+    python benchmarks/step_time.py --device cpu             # small shape, a few minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import peft
+import torch
+from tqdm import tqdm
+
+import asymlora
+from asymlora.models import tiny_llama
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build(variant: str, shape: dict, device: str, dtype: torch.dtype, targets: list[str]):
+    model = tiny_llama(hidden=shape["hidden"], layers=shape["layers"], vocab=shape["vocab"],
+                       heads=shape["heads"], kv_heads=shape["kv_heads"], intermediate=shape["ff"],
+                       dtype=dtype).to(device)
+    if variant == "floor":
+        model.requires_grad_(False)
+        model.enable_input_require_grads()  # activations still need gradients: the backward pass runs
+        return model, None
+    config = {
+        "peft_lora": lambda: peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets),
+        "alora": lambda: asymlora.ALoRAConfig(r=8, lora_alpha=16, num_experts=3, target_modules=targets),
+        "hydralora": lambda: asymlora.HydraLoRAConfig(r=8, lora_alpha=16, num_experts=3, target_modules=targets),
+    }[variant]()
+    # Adapters in the base dtype: fp32 adapters beside a bf16 base is what made the authors' layer slow.
+    model = peft.get_peft_model(model, config, autocast_adapter_dtype=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(params, lr=1e-4)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(variant: str, shape: dict, batch: int, seq: int, device: str, dtype: torch.dtype,
+            targets: list[str], steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model, optimizer = build(variant, shape, device, dtype, targets)
+    model.train()
+    ids = torch.randint(0, shape["vocab"], (batch, seq), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    del model, optimizer
+    return {"variant": variant, "batch": batch, "seq": seq, "median_ms": statistics.median(times),
+            "p10_ms": sorted(times)[len(times) // 10], "peak_mem_gib": peak, "steps": steps}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def add_ratios(rows: list[dict]) -> None:
+    for row in rows:
+        same = {r["variant"]: r for r in rows if (r["batch"], r["seq"]) == (row["batch"], row["seq"])}
+        for ref in ("peft_lora", "floor"):
+            if ref in same:
+                row[f"time_vs_{ref}"] = row["median_ms"] / same[ref]["median_ms"]
+                if row["peak_mem_gib"] and same[ref]["peak_mem_gib"]:
+                    row[f"mem_vs_{ref}"] = row["peak_mem_gib"] / same[ref]["peak_mem_gib"]
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# Training step time: {meta['device']}", "",
+             f"Model: random Llama, {meta['shape']}, {meta['dtype']}, targets {','.join(meta['targets'])}; "
+             f"median of {meta['steps']} steps after {meta['warmup']} warm-up steps.", "",
+             "| variant | batch x seq | median ms | vs PEFT LoRA | vs floor | peak GiB | mem vs LoRA |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] else "n/a"
+        mem = f"{r['mem_vs_peft_lora']:.3f}" if "mem_vs_peft_lora" in r else "n/a"
+        lines.append(f"| {r['variant']} | {r['batch']} x {r['seq']} | {r['median_ms']:.1f} | "
+                     f"{r.get('time_vs_peft_lora', float('nan')):.3f} | {r.get('time_vs_floor', float('nan')):.3f} "
+                     f"| {peak} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--shapes", default=None, help="batch x seq list, e.g. 4x256,8x1024")
+    parser.add_argument("--variants", default="floor,peft_lora,alora,hydralora")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        shape = dict(hidden=4096, layers=4, ff=11008, heads=32, kv_heads=32, vocab=32000)
+        dtype, default_shapes, steps = torch.bfloat16, "4x256,8x1024", args.steps or 20
+    else:
+        shape = dict(hidden=512, layers=4, ff=1376, heads=8, kv_heads=8, vocab=8000)
+        dtype, default_shapes, steps = torch.float32, "4x128", args.steps or 20
+    targets = ["q_proj", "o_proj"]
+    runs = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default_shapes).split(",")]
+    variants = args.variants.split(",")
+    rows = []
+    for batch, seq in runs:
+        for variant in tqdm(variants, desc=f"{batch}x{seq}", file=sys.stderr):
+            rows.append(measure(variant, shape, batch, seq, args.device, dtype, targets, steps, args.warmup))
+    add_ratios(rows)
+    meta = {"device": device_name(args.device), "shape": shape, "dtype": str(dtype).replace("torch.", ""),
+            "targets": targets, "steps": steps, "warmup": args.warmup, "torch": torch.__version__,
+            "peft": peft.__version__}
+    tag = "cuda" if cuda else "cpu"
+    out = Path(args.out) if args.out else RESULTS / f"step_time-{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([dict(r, device=meta["device"], dtype=meta["dtype"], model_shape=shape,
+                                     torch=meta["torch"], peft=meta["peft"]) for r in rows], indent=2))
+    out.with_suffix(".md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
