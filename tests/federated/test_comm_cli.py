@@ -1,0 +1,69 @@
+"""The `comm` subcommand, driven through an argparse parser as the CLI will build it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from asymlora.federated.commands import register
+
+LLAMA2_7B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
+             "intermediate_size": 11008, "num_hidden_layers": 32}
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA2_7B))
+    return str(path)
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="asymlora")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_json_output(config, capsys):
+    rc = run(["comm", "--model", config, "--targets", "q_proj,v_proj", "--method", "fedalora",
+              "--ranks", "64,64,32,32,16,16,8,8", "--dm", "16", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total_params"] == 12_089_344
+    assert out["upload_params"] == 64 * 4112 * 30 and out["download_params"] == 64 * 4096 * 16
+    assert len(out["clients"]) == 8 and out["clients"][0]["rank"] == 64
+    assert out["upload_bytes"] == 4 * out["upload_params"]
+
+
+def test_table_output_and_dtype(config, capsys):
+    assert run(["comm", "--model", config, "--method", "fedit", "--ranks", "8", "--dtype-bytes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Params.(M) = 8.39" in out
+    assert "FedIT (homogeneous)" in out and "2 bytes per parameter" in out
+
+
+def test_bad_module_is_an_error(config, capsys):
+    rc = run(["comm", "--model", config, "--targets", "q_proj,attn", "--method", "fedit", "--ranks", "8"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown target module 'attn'" in err and "gate_proj" in err
+
+
+def test_missing_file_is_an_error(tmp_path, capsys):
+    assert run(["comm", "--model", str(tmp_path / "x.json"), "--method", "fedit", "--ranks", "8"]) == 2
+    assert "model config not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "fedavg", "--ranks", "8"], "invalid choice: 'fedavg'"),
+    (["--method", "fedit", "--ranks", "8,x"], "expected comma-separated integers, got '8,x'"),
+    (["--method", "fedit", "--ranks", "0"], "expected positive integers, got '0'"),
+])
+def test_bad_method_or_ranks_exit_from_argparse(config, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["comm", "--model", config] + argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
