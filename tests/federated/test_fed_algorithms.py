@@ -100,6 +100,13 @@ def test_zeropadding_pads_averages_and_truncates():
     torch.testing.assert_close(n1[A], T([2.0, 2.0]))
     torch.testing.assert_close(n1[B], T([1.5], [2.5]))
     torch.testing.assert_close(n2[B], out[B])
+    # a rank-3 client after a round whose r_max was 2 keeps zeros in its third slot
+    r3 = lora([[0.0, 0.0]] * 3, [[0.0] * 3] * 2)
+    n3 = m.client_apply(r3, out)
+    torch.testing.assert_close(n3[A], T([2.0, 2.0], [2.0, 2.0], [0.0, 0.0]))
+    torch.testing.assert_close(n3[B], T([1.5, 1.0, 0.0], [2.5, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="cannot be cut to the client's \\(2, 3\\)"):
+        m.client_apply({A: torch.zeros(2, 3)}, out)
 
 
 def test_flora_stack_hand_values_and_identity():

@@ -1,6 +1,7 @@
 """ZeroPadding: FedIT for clients of different ranks. The server pads every A_i (rows) and B_i
 (columns) with zeros up to the largest rank that round, averages, and broadcasts rank r_max;
-each client keeps the first r_i rows of A and columns of B."""
+each client keeps the first r_i rows of A and columns of B (zeros where r_i exceeds that round's
+r_max, as when the largest-rank clients sat the round out)."""
 
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ class ZeroPadding(FederatedMethod):
             own = state[key]
             axis = _RANK_AXIS[parse_key(key).role]
             r = own.shape[axis]
-            if value.shape[1 - axis] != own.shape[1 - axis] or value.shape[axis] < r:
+            if value.shape[1 - axis] != own.shape[1 - axis]:
                 raise ValueError(f"zeropadding: broadcast {key!r} has shape {tuple(value.shape)}, which cannot "
                                  f"be cut to the client's {tuple(own.shape)}")
-            kept = value.narrow(axis, 0, r)
+            # a round without the largest-rank clients broadcasts a smaller r_max: the missing
+            # rank slots averaged nothing but padding, so they are zero
+            kept = pad_rank(value, axis, r).narrow(axis, 0, r)
             new[key] = kept.detach().to(device=own.device, dtype=own.dtype).clone()
         return new
