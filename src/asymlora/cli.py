@@ -47,6 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"asymlora {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `asymlora ... | head`: the reader left; nothing to report
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"asymlora {args.command}: interrupted", file=sys.stderr)
         return 130
