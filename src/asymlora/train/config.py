@@ -1,0 +1,150 @@
+"""Training hyper-parameters, and strict checking of user-written settings.
+
+A typo in a YAML key ("learing_rate") silently falls back to a default in most tools and wastes a
+run; here every unknown key or wrong type is an error that names the key and where it was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+__all__ = ["ConfigError", "TrainConfig", "check_value", "from_dict_strict"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, missing or of the wrong type; the message names it."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', origin)}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        args = typing.get_args(tp)
+        return not args or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if tp is type(None):
+        return value is None
+    if tp is float:  # an integer is a fine float; a bool is not a number
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_value(value: Any, tp: Any, where: str) -> Any:
+    """`value` if it has type `tp` (ints accepted as floats), else a ConfigError naming `where`."""
+    if not _matches(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict_strict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrongly typed values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    values = {k: check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    missing = [n for n, f in fields.items() if n not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run. The defaults are the paper's commonsense set-up
+    (SPEC §4: 3 epochs, lr 3e-4, batch 4 x accumulation 4, cutoff 256)."""
+
+    learning_rate: float = 3e-4
+    num_epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides num_epochs
+    batch_size: int = 4
+    grad_accum: int = 4
+    cutoff_len: int = 256
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    precision: str = "auto"  # auto: bf16 (or fp16) on a GPU, fp32 on the CPU
+    save_steps: int = 500
+    save_total_limit: Optional[int] = 2
+    logging_steps: int = 10
+    report_to: Union[str, list[str]] = "none"  # "tensorboard", "wandb", ... as in TrainingArguments
+    sampling: str = "proportional"  # proportional | balanced | temperature
+    temperature: Optional[float] = None
+    template: str = "alpaca_short"  # a built-in name, "chat", or a template .json path
+    train_on_prompt: bool = False
+    gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    progress: bool = True
+    extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "cutoff_len", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            raise ConfigError("set num_epochs > 0 or max_steps > 0")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.sampling not in ("proportional", "balanced", "temperature"):
+            raise ConfigError(f"sampling must be proportional, balanced or temperature, got {self.sampling!r}")
+        if (self.sampling == "temperature") != (self.temperature is not None):
+            raise ConfigError("temperature is required with sampling: temperature, and only then")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "training") -> "TrainConfig":
+        return from_dict_strict(cls, data, where)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with `changes`, each checked like a file setting."""
+        merged = {**self.to_dict(), **changes}
+        return from_dict_strict(type(self), merged, "training")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

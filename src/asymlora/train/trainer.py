@@ -1,0 +1,463 @@
+"""Multi-task fine-tuning on Transformers' `Trainer`.
+
+Mixed precision, gradient accumulation, `accelerate launch` / `torchrun`, checkpoints, resume and
+`report_to` all come from the library; this module adds only what multi-task adapters need: a
+task-mixing sampler with a deterministic order (so a resumed run sees the same batches), removal of
+`task_ids` before the model's forward, AdaLoRA's per-step rank allocation, a guard against resuming
+another method's checkpoint, and a `run.json` beside the saved adapter.
+
+Layout of `out_dir`: `checkpoints/checkpoint-<step>/` (the Trainer's), `adapter/` (the final adapter,
+safetensors), `run.json` (method, adapter and training settings, data, seed, metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..data.records import Example
+from ..data.tokenize import MultiTaskCollator, TaskMixSampler, tokenize_examples
+from .config import ConfigError, TrainConfig
+from .methods import METHOD_LABELS, make_peft_config, method_of_config
+
+__all__ = [
+    "CheckpointMismatchError",
+    "TrainResult",
+    "MultiTaskTrainer",
+    "AdaLoraAllocationCallback",
+    "train",
+    "load_trained",
+    "read_run",
+    "data_fingerprint",
+    "heldout_loss",
+    "resolve_precision",
+]
+
+RUN_FILE = "run.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+
+# Settings that change the trajectory of a run: a resumed run must use the same ones.
+_TRAJECTORY_KEYS = ("learning_rate", "batch_size", "grad_accum", "cutoff_len", "warmup_steps", "weight_decay",
+                    "lr_scheduler", "max_grad_norm", "seed", "sampling", "temperature", "template",
+                    "train_on_prompt")
+# Adapter settings that fix the shapes of its tensors.
+_SHAPE_KEYS = ("peft_type", "r", "lora_alpha", "alpha", "num_experts", "target_modules", "init_r", "target_r")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint (or run directory) belongs to another method or other settings."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` gives back: the trained PeftModel and the Trainer's log history, plus where the
+    adapter was saved and the run record written beside it."""
+
+    model: Any
+    tokenizer: Any
+    log_history: list[dict[str, Any]]
+    adapter_dir: Path
+    run: dict[str, Any]
+    task_names: list[str] = field(default_factory=list)
+
+
+class MultiTaskTrainer(Trainer):
+    """`Trainer` that mixes tasks with a seeded `TaskMixSampler` and never passes `task_ids` to
+    the model (Llama's forward would reject it)."""
+
+    def __init__(self, *args: Any, sampling: str = "proportional", temperature: Optional[float] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampling = sampling
+        self.temperature = temperature
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        task_ids = [int(f["task_id"]) for f in dataset]
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return TaskMixSampler(task_ids, self.sampling, seed=seed, temperature=self.temperature)
+
+    def compute_loss(self, model: Any, inputs: Mapping[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        inputs = {k: v for k, v in inputs.items() if k != "task_ids"}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def prediction_step(self, model: Any, inputs: Mapping[str, Any], prediction_loss_only: bool,
+                        ignore_keys: Any = None) -> Any:
+        inputs = {k: v for k, v in inputs.items() if k != "task_ids"}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+class AdaLoraAllocationCallback(TrainerCallback):
+    """AdaLoRA re-allocates ranks from gradient-based importance after every optimiser step, while
+    the gradients still exist (PEFT's `update_and_allocate`); the Trainer does not do it by itself."""
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+        if model is not None:
+            model.base_model.update_and_allocate(state.global_step)
+        return control
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> bf16 on a GPU that has it, fp16 on an older GPU, fp32 on the CPU (the CPUs here have
+    no bf16 instructions: bf16 was 40x slower)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def data_fingerprint(examples: Sequence[Example]) -> str:
+    """A hash of the training data's content, for run records and baseline caching."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(dataclasses.astuple(ex), ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if hasattr(value, "value"):  # enums (PeftType, TaskType)
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _peft_dict(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(config.to_dict(), default=_jsonable))
+
+
+def read_run(out_dir: Union[str, Path]) -> dict[str, Any]:
+    """The run record of a training directory (or of the adapter directory inside it)."""
+    out = Path(out_dir)
+    for candidate in (out / RUN_FILE, out.parent / RUN_FILE):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{candidate}: not valid JSON ({exc})") from exc
+    raise FileNotFoundError(f"no {RUN_FILE} in {out} or its parent: not a directory written by asymlora train")
+
+
+def _last_checkpoint(ckpt_root: Path) -> Optional[Path]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_root.is_dir():
+        return None
+    last = get_last_checkpoint(str(ckpt_root))
+    return Path(last) if last else None
+
+
+def _check_checkpoint(ckpt: Path, peft_config: Any, method: str) -> None:
+    """Refuse a checkpoint written for another method or other adapter shapes, before the Trainer
+    tries to load it and fails with a tensor-name error."""
+    cfg_file = ckpt / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise CheckpointMismatchError(f"{ckpt}: no adapter_config.json, not an adapter checkpoint of asymlora train")
+    saved = json.loads(cfg_file.read_text(encoding="utf-8"))
+    want = _peft_dict(peft_config)
+    if saved.get("peft_type") != want.get("peft_type"):
+        raise CheckpointMismatchError(
+            f"{ckpt} is a checkpoint of peft_type {saved.get('peft_type')!r}, but this run trains "
+            f"{method!r} (peft_type {want.get('peft_type')!r}); use another output directory")
+    diff = []
+    for key in _SHAPE_KEYS:
+        a, b = saved.get(key), want.get(key)
+        if isinstance(a, list) and isinstance(b, list):
+            a, b = sorted(a), sorted(b)
+        if a != b:
+            diff.append(f"{key}: checkpoint {a!r} vs run {b!r}")
+    if diff:
+        raise CheckpointMismatchError(f"{ckpt} was written with other adapter settings: " + "; ".join(diff))
+
+
+def _check_previous_run(out: Path, method: str, config: TrainConfig) -> None:
+    path = out / RUN_FILE
+    if not path.is_file():
+        return
+    prev = read_run(out)
+    if prev.get("method") != method:
+        raise CheckpointMismatchError(
+            f"{out} holds a run of method {prev.get('method')!r}; this run trains {method!r}: "
+            "use another output directory")
+    old = prev.get("training", {})
+    diff = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in _TRAJECTORY_KEYS
+            if k in old and old[k] != getattr(config, k)]
+    if diff:
+        raise CheckpointMismatchError(f"{out}: resuming with different settings would not continue the same run: "
+                                      + "; ".join(diff))
+
+
+def _optimizer_steps(n_examples: int, config: TrainConfig) -> int:
+    """Optimiser steps the Trainer will take (AdaLoRA's schedule needs the number up front)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(n_examples / (config.batch_size * world))
+    per_epoch = batches // config.grad_accum + int(batches % config.grad_accum > 0)
+    return max(1, math.ceil(config.num_epochs * per_epoch))
+
+
+def _training_arguments(config: TrainConfig, ckpt_root: Path) -> TrainingArguments:
+    precision = resolve_precision(config.precision)
+    args: dict[str, Any] = dict(
+        output_dir=str(ckpt_root),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        report_to=config.report_to,
+        disable_tqdm=not config.progress,
+        torch_compile=config.torch_compile,
+        remove_unused_columns=False,  # our collator adds task_ids; the trainer drops them itself
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    if config.gradient_checkpointing:
+        args["activation_checkpointing"] = True
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(config.extra_args) - known)
+    if unknown:
+        raise ConfigError(f"training.extra_args: unknown TrainingArguments field(s) {unknown}")
+    args.update(config.extra_args)
+    return TrainingArguments(**args)
+
+
+def train(
+    model_name_or_model: Any,
+    tokenizer: Any,
+    train_examples: Sequence[Example],
+    method: str,
+    out_dir: Union[str, Path],
+    config: Optional[TrainConfig] = None,
+    adapter: Optional[Mapping[str, Any]] = None,
+    resume: Union[bool, str, Path] = False,
+    callbacks: Sequence[TrainerCallback] = (),
+    task_names: Optional[Sequence[str]] = None,
+    data_info: Optional[Mapping[str, Any]] = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Fine-tune `method` on the mixed examples of every task and save the adapter.
+
+    `model_name_or_model`: a base model (not yet a PeftModel) or a name for `asymlora.models.load_model`
+    (then `tokenizer` may be None). `adapter`: overrides for `make_peft_config` (r, target_modules...).
+    `config` and `overrides` (TrainConfig fields) set the hyper-parameters. `resume=True` continues from
+    the last checkpoint in `out_dir` when there is one; a path resumes from that checkpoint.
+    """
+    from peft import PeftModel
+
+    from ..adapters.registry import get_peft_model
+    from ..models import load_model
+
+    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    method = method.lower()
+    out = Path(out_dir)
+    ckpt_root = out / CHECKPOINT_DIR
+    examples = list(train_examples)
+    if not examples:
+        raise ValueError("no training examples")
+
+    if isinstance(model_name_or_model, (str, os.PathLike)):
+        model_name = str(model_name_or_model)
+        model, loaded_tok = load_model(model_name, device="cuda" if torch.cuda.is_available() else None)
+        tokenizer = tokenizer or loaded_tok
+    else:
+        model = model_name_or_model
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or None
+    if isinstance(model, PeftModel):
+        raise TypeError("train() adds the adapter itself: pass the base model, not a PeftModel")
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed when the model is given as an object")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    features, names = tokenize_examples(examples, tokenizer, config.template, config.cutoff_len,
+                                        config.train_on_prompt, task_names=task_names)
+    if not features:
+        raise ValueError(f"every one of the {len(examples)} examples lost its response to cutoff_len="
+                         f"{config.cutoff_len}: nothing to learn")
+
+    adapter = dict(adapter or {})
+    if method in ("alora", "hydralora", "moslora"):
+        adapter.setdefault("init_seed", config.seed)
+    if method == "adalora":
+        adapter.setdefault("total_step", _optimizer_steps(len(features), config))
+    peft_config = make_peft_config(method, **adapter)
+
+    checkpoint: Optional[Path] = None
+    if resume:
+        _check_previous_run(out, method, config)
+        checkpoint = Path(resume) if isinstance(resume, (str, Path)) else _last_checkpoint(ckpt_root)
+        if checkpoint is not None:
+            if not checkpoint.is_dir():
+                raise FileNotFoundError(f"checkpoint directory not found: {checkpoint}")
+            _check_checkpoint(checkpoint, peft_config, method)
+    elif _last_checkpoint(ckpt_root) is not None or (out / RUN_FILE).is_file():
+        raise FileExistsError(f"{out} already holds a training run; pass resume=True (--resume) to continue "
+                              "it, or choose a new output directory")
+
+    from transformers import set_seed
+
+    set_seed(config.seed)  # PEFT's own adapters draw their initial weights from the global generator
+    model = get_peft_model(model, peft_config)
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+
+    run: dict[str, Any] = {
+        "method": method,
+        "method_label": METHOD_LABELS.get(method, method),
+        "model": model_name,
+        "adapter_config": _peft_dict(peft_config),
+        "training": config.to_dict(),
+        "seed": config.seed,
+        "data": {
+            "n_examples": len(examples),
+            "n_trained": len(features),
+            "tasks": {t: sum(1 for ex in examples if ex.task == t) for t in names},
+            "fingerprint": data_fingerprint(examples),
+            **dict(data_info or {}),
+        },
+        "task_names": names,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "status": "running",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / RUN_FILE, run)
+
+    cbs = list(callbacks)
+    if method == "adalora":
+        cbs.append(AdaLoraAllocationCallback())
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=_training_arguments(config, ckpt_root),
+        train_dataset=features,
+        data_collator=MultiTaskCollator(tokenizer.pad_token_id),
+        callbacks=cbs,
+        sampling=config.sampling,
+        temperature=config.temperature,
+    )
+    started = time.time()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    adapter_dir = out / ADAPTER_DIR
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    run.update(
+        status="done",
+        resumed_from=str(checkpoint) if checkpoint else None,
+        metrics={**output.metrics, "global_step": trainer.state.global_step,
+                 "wall_seconds": time.time() - started},
+        log_history=trainer.state.log_history,
+    )
+    _write_json_atomic(out / RUN_FILE, run)
+    return TrainResult(model, tokenizer, list(trainer.state.log_history), adapter_dir, run, names)
+
+
+def load_trained(adapter_dir: Union[str, Path], base_model: Any = None, tokenizer: Any = None) -> tuple[Any, Any, dict]:
+    """(PeftModel, tokenizer, run record) from a directory written by `train` (its `adapter/`
+    folder or the run folder). The base model is loaded by the name recorded in run.json unless
+    given; weights are read from safetensors only."""
+    from ..adapters.registry import load_adapter
+    from ..models import load_model
+
+    path = Path(adapter_dir)
+    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
+        path = path / ADAPTER_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"adapter directory not found: {path}")
+    try:
+        run = read_run(path)
+    except FileNotFoundError:
+        run = {}
+    if base_model is None:
+        name = run.get("model")
+        if not name:
+            cfg = json.loads((path / "adapter_config.json").read_text()) if (path / "adapter_config.json").is_file() else {}
+            name = cfg.get("base_model_name_or_path")
+        if not name:
+            raise ValueError(f"{path}: no base model recorded; pass the base model explicitly")
+        base_model, loaded_tok = load_model(name, device="cuda" if torch.cuda.is_available() else None)
+        tokenizer = tokenizer or loaded_tok
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed when the base model is given as an object")
+    model = load_adapter(base_model, str(path))
+    return model, tokenizer, run
+
+
+@torch.no_grad()
+def heldout_loss(model: Any, tokenizer: Any, examples: Sequence[Example], template: Any = None,
+                 cutoff_len: int = 256, batch_size: int = 8, progress: bool = False) -> tuple[float, dict[str, float]]:
+    """Mean next-token loss on the response tokens of `examples` (overall and per task), in eval mode:
+    the number a demo shows before and after training."""
+    from ..evaluate.generate import eval_mode
+
+    if not examples:
+        raise ValueError("no examples to compute a loss on")
+    features, names = tokenize_examples(examples, tokenizer, template, cutoff_len)
+    collate = MultiTaskCollator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(names), dtype=torch.float64)
+    counts = torch.zeros(len(names), dtype=torch.float64)
+    batches = range(0, len(features), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="loss", unit="batch")
+    with eval_mode(model):
+        for i in batches:
+            batch = collate(features[i:i + batch_size])
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits.float()
+            labels = batch["labels"].to(device)[:, 1:]
+            tok_loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            mask = (labels != -100).double()
+            per_row = (tok_loss.double() * mask).sum(1).cpu()
+            n_row = mask.sum(1).cpu()
+            sums.index_add_(0, batch["task_ids"], per_row)
+            counts.index_add_(0, batch["task_ids"], n_row)
+    per_task = {t: float(sums[j] / counts[j]) for j, t in enumerate(names) if counts[j] > 0}
+    return float(sums.sum() / counts.sum()), per_task
