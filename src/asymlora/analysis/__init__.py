@@ -23,7 +23,29 @@ from .similarity import (
     subspace_similarity,
 )
 
+# Heavier entry points (matplotlib, transformers' callbacks), imported on first use.
+_LAZY = {
+    "run_similarity": ".compare",
+    "run_dynamics": ".compare",
+    "load_adapter_factors": ".adapter_files",
+    "GradientConflictRecorder": ".recorder",
+    "GradientConflictCallback": ".recorder",
+    "collect_example_gates": ".gates",
+    "gate_map": ".gates",
+    "GateMapCallback": ".gates",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "ConflictStats",
     "DegenerateSubspaceError",
     "column_magnitude_direction",
