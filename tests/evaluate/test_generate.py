@@ -84,6 +84,11 @@ def test_eval_mode_and_no_grad_during_generation(model_and_tok, examples):
         assert seen and all(s == (False, False) for s in seen)
         assert model.training  # restored
         assert all(m.training for m in model.modules())
+        # a submodule deliberately in eval mode stays so
+        model.model.layers[1].eval()
+        generate_predictions(model, tok, examples[:1], max_new_tokens=1, progress=False)
+        assert model.training and model.model.layers[0].training
+        assert not any(m.training for m in model.model.layers[1].modules())
         model.eval()
         with eval_mode(model):
             pass

@@ -53,3 +53,13 @@ def test_summary_and_files(tmp_path):
 def test_plot_alone(tmp_path):
     p = plot_task_scores(RESULTS, tmp_path / "deep" / "chart.png", title="t")
     assert p.stat().st_size > 1000
+
+
+def test_zero_baseline_is_reported_not_fatal():
+    res = {"Single": {"a": 0.0, "b": 50.0}, "LoRA": {"a": 10.0, "b": 40.0}}
+    s = results_summary(res)
+    assert s["methods"]["LoRA"]["delta_m"] is None
+    assert "task 'a': baseline score is 0" in s["methods"]["LoRA"]["delta_m_note"]
+    md = markdown_table(res)
+    assert "| LoRA | 10.00 | 40.00 | 25.00 | n/a |" in md
+    assert "Δm% undefined: task 'a': baseline score is 0" in md

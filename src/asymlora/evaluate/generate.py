@@ -37,16 +37,21 @@ PREDICTION_FIELDS = ("id", "task", "prediction", "gold", "score")
 
 @contextmanager
 def eval_mode(model: Any):
-    """Eval mode and no_grad for the block; the previous train/eval mode is restored after."""
+    """Eval mode and no_grad for the block; every module's previous mode is restored after.
+
+    Restoring per module (not `model.train(was_training)`) keeps submodules that were
+    deliberately in eval mode, e.g. a frozen base beside training adapters, as they were.
+    """
     import torch
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             yield model
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def _model_device(model: Any) -> Any:

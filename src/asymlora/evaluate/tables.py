@@ -53,9 +53,17 @@ def results_summary(
             "avg": average({t: scores[t] for t in order}),
         }
         if has_base and method != baseline:
-            entry["delta_m"] = delta_m(
-                {t: scores[t] for t in order}, {t: results[baseline][t] for t in order}, higher_is_better
-            )
+            try:
+                entry["delta_m"] = delta_m(
+                    {t: scores[t] for t in order},
+                    {t: results[baseline][t] for t in order},
+                    higher_is_better,
+                )
+            except ZeroDivisionError as err:
+                # a baseline of 0 (e.g. a task the small model never gets right) leaves the
+                # relative change undefined; say so in the table instead of losing the run
+                entry["delta_m"] = None
+                entry["delta_m_note"] = str(err)
         methods[method] = entry
     return {"tasks": order, "baseline": baseline if has_base else None, "methods": methods}
 
@@ -90,8 +98,12 @@ def markdown_table(
         e = summary["methods"][m]
         cells = [m, *(_fmt(e["scores"][t], decimals) for t in order), _fmt(e["avg"], decimals)]
         if summary["baseline"] is not None:
-            cells.append(_fmt(e.get("delta_m"), decimals))
+            cells.append("n/a" if "delta_m_note" in e else _fmt(e.get("delta_m"), decimals))
         lines.append("| " + " | ".join(cells) + " |")
+    notes = sorted({e["delta_m_note"] for e in summary["methods"].values() if "delta_m_note" in e})
+    if notes:
+        lines.append("")
+        lines.extend(f"Δm% undefined: {n}." for n in notes)
     return "\n".join(lines) + "\n"
 
 
