@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from asymlora.adapters import iter_adapter_layers
-from asymlora.analysis.recorder import GradientConflictCallback, GradientConflictRecorder, load_conflicts, save_conflicts
+from asymlora.analysis.compare import run_dynamics
+from asymlora.analysis.recorder import (
+    AdapterSnapshotCallback,
+    GradientConflictCallback,
+    GradientConflictRecorder,
+    load_conflicts,
+    save_conflicts,
+)
 
 
 def _batch(seed: int, b: int = 2, s: int = 6):
@@ -93,7 +100,8 @@ def test_trainer_callback_records_one_entry_per_step_and_layer(make_adapted, tmp
                              gradient_accumulation_steps=2, learning_rate=1e-2, report_to="none",
                              save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True)
     cb = GradientConflictCallback(every=2)
-    Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb]).train()
+    snap = AdapterSnapshotCallback(steps=(2,))
+    Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb, snap]).train()
     layers = [name for name, _ in iter_adapter_layers(model)]
     got = [(r["step"], r["layer"]) for r in cb.recorder.records]
     assert got == [(s, n) for s in (1, 3) for n in layers]  # every=2: steps 1 and 3
@@ -106,3 +114,12 @@ def test_trainer_callback_records_one_entry_per_step_and_layer(make_adapted, tmp
     assert (tmp_path / "run" / "analysis" / "gradient_conflicts.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="every must be a positive integer"):
         GradientConflictCallback(every=0)
+
+    # Figure 2's BEFORE: the adapter at step 2, compared with the final one
+    assert snap.saved == {2: str(tmp_path / "run" / "snapshots" / "step-2")}
+    model.save_pretrained(str(tmp_path / "final"))
+    dyn = run_dynamics(snap.saved[2], tmp_path / "final", tmp_path / "dyn")
+    assert dyn["method"] == "hydralora" and len(dyn["layers"]) == len(layers)
+    assert all(r["sim_B"] is not None and r["dM_B"] > 0 for r in dyn["layers"])  # B moved after step 2
+    with pytest.raises(ValueError, match="steps must be positive integers"):
+        AdapterSnapshotCallback(steps=(0,))

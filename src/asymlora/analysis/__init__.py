@@ -30,6 +30,7 @@ _LAZY = {
     "load_adapter_factors": ".adapter_files",
     "GradientConflictRecorder": ".recorder",
     "GradientConflictCallback": ".recorder",
+    "AdapterSnapshotCallback": ".recorder",
     "collect_example_gates": ".gates",
     "gate_map": ".gates",
     "GateMapCallback": ".gates",

@@ -119,7 +119,7 @@ def conflict_stats(components: Tensor) -> ConflictStats:
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     unit = flat / safe.unsqueeze(1)
     cos = unit @ unit.T
-    iu = torch.triu_indices(n, n, offset=1)
+    iu = torch.triu_indices(n, n, offset=1, device=cos.device)
     pair_cos = cos[iu[0], iu[1]]
     total = components.detach().sum(dim=0)
     return ConflictStats(

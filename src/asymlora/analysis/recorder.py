@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from .conflicts import conflict_stats, shared_A_components, shared_B_components
 
-__all__ = ["GradientConflictRecorder", "GradientConflictCallback", "save_conflicts", "load_conflicts"]
+__all__ = [
+    "GradientConflictRecorder",
+    "GradientConflictCallback",
+    "AdapterSnapshotCallback",
+    "save_conflicts",
+    "load_conflicts",
+]
 
 _METHOD = {"A": "alora", "B": "hydralora"}  # routed side -> method
 _SHARED = {"A": "B", "B": "A"}  # routed side -> shared matrix
@@ -214,3 +220,26 @@ class GradientConflictCallback(TrainerCallback):  # type: ignore[misc]
         if self.recorder.records:
             out = Path(self.out_dir) if self.out_dir is not None else Path(args.output_dir) / "analysis"
             self.files = save_conflicts(self.recorder.records, out)
+
+
+class AdapterSnapshotCallback(TrainerCallback):  # type: ignore[misc]
+    """Saves the adapter after the given optimizer steps into <out_dir>/step-<N> (default out_dir
+    <output_dir>/snapshots): the BEFORE of `analyze dynamics`. The paper takes step 2, since at
+    step 0 B is all zero and has no column space."""
+
+    def __init__(self, steps: tuple[int, ...] = (2,), out_dir: str | Path | None = None) -> None:
+        if not steps or any(not isinstance(s, int) or s < 1 for s in steps):
+            raise ValueError(f"steps must be positive integers, got {steps!r}")
+        self.steps = set(steps)
+        self.out_dir = out_dir
+        self.saved: dict[int, str] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if state.global_step not in self.steps or state.global_step in self.saved:
+            return
+        if model is None or not hasattr(model, "save_pretrained"):
+            raise ValueError("AdapterSnapshotCallback needs the PEFT model (the Trainer passes it as `model`)")
+        root = Path(self.out_dir) if self.out_dir is not None else Path(args.output_dir) / "snapshots"
+        target = root / f"step-{state.global_step}"
+        model.save_pretrained(str(target), safe_serialization=True)
+        self.saved[state.global_step] = str(target)
