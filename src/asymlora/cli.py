@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 # Each module exposes register(subparsers); handlers take the parsed args and return an exit code.
 COMMAND_MODULES = (
     "asymlora.federated.commands",
+    "asymlora.analysis.commands",
 )
 
 # Errors that mean "the input was wrong", reported in one line rather than a traceback.
