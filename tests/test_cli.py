@@ -1,0 +1,43 @@
+"""The single entry point: every area's subcommands are reachable, and user errors exit non-zero."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from asymlora.cli import COMMAND_MODULES, build_parser, main
+
+
+def test_every_command_module_registers_its_commands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"comm", "analyze"} <= set(sub.choices)
+    assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
+
+
+def test_user_error_is_one_line_and_exit_code_two(tmp_path, capsys):
+    rc = main(["analyze", "similarity", str(tmp_path / "missing_a"), str(tmp_path / "missing_b")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "missing_a" in err and "Traceback" not in err
+
+
+def test_comm_json_through_the_installed_console_script(tmp_path):
+    config = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
+              "intermediate_size": 11008, "num_hidden_layers": 32}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = subprocess.run([sys.executable, "-m", "asymlora.cli", "comm", "--model", str(path), "--method",
+                          "fedalora", "--ranks", "8", "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    # 64 adapted layers x 2 x d_out x r = 4.19M (paper Table 4)
+    assert round(report["total_params"] / 1e6, 2) == 4.19
+    bad = subprocess.run([sys.executable, "-m", "asymlora.cli", "comm", "--model", str(path), "--method",
+                          "fedalora", "--ranks", "8", "--targets", "qq_proj"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "qq_proj" in bad.stderr
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().out
