@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import asymlora.evaluate  # noqa: F401  (asymlora.metrics alone hits a circular import, reported)
+from asymlora.metrics import delta_m
+from asymlora.train.compare import compare, load_compare_config
+from asymlora.train.config import ConfigError
+
+from . import helpers
+
+
+def _write_tasks(root, names=("reverse", "add"), n_train=4, n_test=3):
+    """One LLM-Adapters style file per task and split, as a user would have them."""
+    train, test = helpers.tasks(n_train=n_train, n_test=n_test, names=names)
+    for split, exs in (("train", train), ("test", test)):
+        for name in names:
+            recs = [{"instruction": e.instruction, "input": e.input, "output": e.output, "answer": e.answer}
+                    for e in exs if e.task == name]
+            (root / f"{name}-{split}.json").write_text(json.dumps(recs))
+    return train, test
+
+
+def _model_dir(root):
+    path = root / "tiny-model"
+    helpers.model().save_pretrained(path)
+    helpers.tokenizer().save_pretrained(path)
+    return path
+
+
+def _config(tmp_path, **changes):
+    cfg = {
+        "model": str(_model_dir(tmp_path)),
+        "tasks": [{"name": n, "train": f"{n}-train.json", "test": f"{n}-test.json", "metric": "rouge1",
+                   "label": n[:3].upper()} for n in ("reverse", "add")],
+        "methods": ["lora", "alora"],
+        "single_task": "lora",
+        "adapter": {"r": 4},
+        "training": {"max_steps": 2, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-2,
+                     "progress": False, "logging_steps": 1, "cutoff_len": 64},
+        "evaluation": {"batch_size": 8, "max_new_tokens": 4},
+        "title": "tiny comparison",
+    }
+    cfg.update(changes)
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_compare_end_to_end_and_cache(tmp_path):
+    _, test = _write_tasks(tmp_path)
+    path = _config(tmp_path)
+    logs = []
+    summary = compare(path, out_dir=tmp_path / "out", progress=False, log=logs.append)
+    out = tmp_path / "out"
+    assert summary["tasks"] == ["reverse", "add"]
+    assert list(summary["methods"]) == ["Single", "LoRA", "ALoRA"]
+    assert summary["baseline"] == "Single"
+    single = summary["methods"]["Single"]["scores"]
+    for row in ("LoRA", "ALoRA"):
+        e = summary["methods"][row]
+        assert e["avg"] == pytest.approx(sum(e["scores"].values()) / 2)
+        if all(v > 0 for v in single.values()):
+            assert e["delta_m"] == pytest.approx(delta_m(e["scores"], single))
+        else:  # a zero reference score leaves Delta m% undefined, and says so
+            assert e["delta_m"] is None and "baseline score is 0" in e["delta_m_note"]
+    md = (out / "results.md").read_text()
+    assert "| Method | REV | ADD | Avg. | Δm% (↓) |" in md
+    assert (out / "results.png").stat().st_size > 1000
+    # predictions: one fresh file per row, every test id exactly once, scored against its gold
+    want = {}
+    for name in ("reverse", "add"):  # ids are task/file/record-index, given by the file reader
+        for i, e in enumerate(x for x in test if x.task == name):
+            want[f"{name}/{name}-test/{i}"] = e
+    for row in ("Single", "LoRA", "ALoRA"):
+        lines = [json.loads(x) for x in (out / "predictions" / f"{row}.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in lines) == sorted(want)
+        assert all(r["gold"] == want[r["id"]].output for r in lines)
+    # 2 single-task runs + 2 multi-task runs, each in its own cache folder
+    runs = summary["meta"]["runs"]
+    assert len(runs["Single"]) == 2 and len(runs["LoRA"]) == 1
+    assert [r["tasks"] for r in runs["Single"]] == [["reverse"], ["add"]]
+    single_run = json.loads((tmp_path / "out" / "cache").joinpath(
+        runs["Single"][0]["run_dir"].split("/cache/")[1], "run.json").read_text())
+    assert single_run["data"]["tasks"] == {"reverse": 4} and single_run["method"] == "lora"
+    # run again: every run and evaluation is reused, same numbers
+    (out / "predictions" / "LoRA.jsonl").write_text("stale\n")
+    again = compare(path, out_dir=out, progress=False, log=logs.append)
+    assert all(r["cached"] for rows in again["meta"]["runs"].values() for r in rows)
+    assert {m: e["scores"] for m, e in again["methods"].items()} == \
+        {m: e["scores"] for m, e in summary["methods"].items()}
+    assert "stale" not in (out / "predictions" / "LoRA.jsonl").read_text()
+    # a changed hyper-parameter is a new run for the affected rows only
+    path = _config(tmp_path, methods={"lora": None, "alora": {"num_experts": 2}})
+    third = compare(path, out_dir=out, progress=False, log=logs.append)
+    cached = {m: [r["cached"] for r in rows] for m, rows in third["meta"]["runs"].items()}
+    assert cached == {"Single": [True, True], "LoRA": [True], "ALoRA": [False]}
+
+
+def test_reference_and_base_rows(tmp_path):
+    _write_tasks(tmp_path, names=("uppercase",), n_train=2, n_test=2)
+    path = _config(tmp_path, tasks=[{"name": "uppercase", "train": "uppercase-train.json",
+                                     "test": "uppercase-test.json", "metric": "rouge1"}],
+                   single_task=None, include_base=True, methods=["alora"], reference="Base",
+                   evaluation={"batch_size": 8, "max_new_tokens": 4, "heldout_loss": True})
+    summary = compare(path, out_dir=tmp_path / "out", progress=False, log=lambda s: None)
+    assert list(summary["methods"]) == ["Base", "ALoRA"] and summary["baseline"] == "Base"
+    loss = summary["meta"]["heldout_loss"]
+    assert set(loss) == {"Base", "ALoRA"} and loss["Base"]["overall"] > 0
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"learning_rate": 1e-3}, r"unknown key\(s\) \['learning_rate'\]"),
+    ({"training": {"batch_size": "four"}}, r"training\.batch_size: expected int, got str"),
+    ({"training": {"lr": 1e-3}}, r"training: unknown key\(s\) \['lr'\]"),
+    ({"methods": ["lora", "dora"]}, r"methods: unknown method 'dora'"),
+    ({"single_task": "full"}, r"single_task: unknown method 'full'"),
+    ({"tasks": [{"name": "x", "train": "a.json"}]}, r"task 'x': give both train and test"),
+    ({"tasks": [{"name": "x", "train": "a.json", "test": "b.json", "metrc": "rouge1"}]},
+     r"tasks\[0\]: unknown key\(s\) \['metrc'\]"),
+    ({"tasks": [{"name": "x", "train": "a.json", "test": "b.json", "metric": "bleu"}]}, r"metric must be auto or one of"),
+    ({"tasks": ["x"]}, r"task 'x' has no train/test files and the config has no data_dir"),
+    ({"evaluation": {"max_new_tokens": 0}}, r"evaluation.max_new_tokens must be >= 1"),
+    ({"reference": "HydraLoRA"}, r"reference: 'HydraLoRA' is not a row"),
+    ({"include_base": "yes"}, r"include_base: expected bool"),
+])
+def test_bad_config_is_named(tmp_path, change, message):
+    path = _config(tmp_path, **change)
+    with pytest.raises(ConfigError, match=message):
+        load_compare_config(path)
+
+
+def test_missing_task_file(tmp_path):
+    path = _config(tmp_path, tasks=[{"name": "x", "train": "nope.json", "test": "nope.json"}])
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        compare(path, out_dir=tmp_path / "out", progress=False, log=lambda s: None)
