@@ -181,3 +181,31 @@ def test_saved_weights_are_exactly_the_adapter(tmp_path):
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
     assert len(tensors) == 2 * 2 * 3  # 2 layers x (q, o) x (A, B, router)
     assert all(k.split(".")[-1] in ("alora_A", "alora_B", "alora_router") for k in tensors)
+
+
+def test_merge_and_unload_gives_a_plain_model_with_the_same_logits(ids):
+    model = trained_like(CONFIGS["moslora"]())
+    with torch.no_grad():
+        expected = model(ids).logits
+    plain = model.merge_and_unload()
+    assert not any(isinstance(m, asymlora.adapters.AdapterLayer) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_two_named_adapters_switch_and_save_separately(tmp_path, ids):
+    model = trained_like(CONFIGS["alora"]())
+    model.add_adapter("other", ALoRAConfig(r=2, num_experts=2, target_modules=["q_proj", "o_proj"]))
+    with torch.no_grad():
+        first = model(ids).logits.clone()
+        model.set_adapter("other")
+        # "other" starts at B = 0: the model is the base model again
+        with model.disable_adapter():
+            base = model(ids).logits.clone()
+        torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
+        model.set_adapter("default")
+        torch.testing.assert_close(model(ids).logits, first, rtol=0, atol=0)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "other" / "adapter_model.safetensors").is_file()
+    saved = load_file(str(tmp_path / "other" / "adapter_model.safetensors"))
+    assert {tuple(v.shape) for k, v in saved.items() if k.endswith("alora_router")} == {(2, 32)}
