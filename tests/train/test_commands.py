@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from asymlora.train.commands import register
+
+from . import helpers
+from .test_compare import _config, _model_dir, _write_tasks
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="asymlora")
+    parser.add_argument("--traceback", action="store_true")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    _write_tasks(tmp_path)
+    return tmp_path, _model_dir(tmp_path)
+
+
+def _train(tmp, model, method="alora", *extra):
+    return run(["train", "--model", str(model), "--method", method, "--out", str(tmp / method),
+                "--data", f"reverse={tmp / 'reverse-train.json'}", "--data", f"add={tmp / 'add-train.json'}",
+                "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1", "--lr", "0.01", "--no-progress",
+                *extra])
+
+
+def test_train_evaluate_and_errors(setup, capsys):
+    tmp, model = setup
+    assert _train(tmp, model, "alora", "--r", "4", "--num-experts", "2", "--targets", "q_proj,v_proj") == 0
+    out = capsys.readouterr().out
+    assert "training alora on 8 examples of 2 task(s): add, reverse" in out
+    run_rec = json.loads((tmp / "alora" / "run.json").read_text())
+    assert run_rec["adapter_config"]["r"] == 4 and run_rec["adapter_config"]["num_experts"] == 2
+    assert sorted(run_rec["adapter_config"]["target_modules"]) == ["q_proj", "v_proj"]
+    assert run_rec["training"]["max_steps"] == 2 and run_rec["training"]["learning_rate"] == 0.01
+    # a second run into the same folder without --resume is refused, with the way out in the message
+    assert _train(tmp, model, "alora") == 2
+    assert "pass resume=True (--resume)" in capsys.readouterr().err
+    assert _train(tmp, model, "lora", "--resume") == 0  # new folder: nothing to resume, starts fresh
+    assert run(["train", "--model", str(model), "--method", "lora", "--out", str(tmp / "lora"), "--resume",
+                "--data", f"reverse={tmp / 'reverse-train.json'}", "--data", f"add={tmp / 'add-train.json'}",
+                "--method", "alora", "--max-steps", "2", "--no-progress"]) == 2
+    assert "holds a run of method 'lora'" in capsys.readouterr().err
+
+    assert run(["evaluate", str(tmp / "alora" / "adapter"), "--data", f"reverse={tmp / 'reverse-test.json'}",
+                "--data", f"add={tmp / 'add-test.json'}", "--metric", "reverse=exact,add=math",
+                "--max-new-tokens", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Avg." in out
+    preds = [json.loads(x) for x in (tmp / "alora" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["id"] for p in preds) == sorted([f"reverse/reverse-test/{i}" for i in range(3)]
+                                                     + [f"add/add-test/{i}" for i in range(3)])
+    scores = json.loads((tmp / "alora" / "eval" / "scores.json").read_text())
+    assert scores["kinds"] == {"reverse": "exact", "add": "math"}
+    by_task = {t: [p["score"] for p in preds if p["task"] == t] for t in ("reverse", "add")}
+    assert scores["per_task"] == {t: pytest.approx(sum(v) / len(v)) for t, v in by_task.items()}
+
+    assert run(["evaluate", str(tmp / "alora"), "--data", str(tmp / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert run(["evaluate", str(tmp / "alora"), "--data", f"add={tmp / 'add-test.json'}", "--metric", "bleu"]) == 2
+    assert "unknown metric 'bleu'" in capsys.readouterr().err
+    assert run(["train", "--model", str(model), "--method", "alora"]) == 2
+    assert "--out must be given" in capsys.readouterr().err
+
+
+def test_export_with_a_gate_and_with_mean_gates(setup, capsys):
+    tmp, model = setup
+    assert _train(tmp, model, "alora") == 0
+    assert run(["export", str(tmp / "alora"), str(tmp / "lora-w"), "--gate", "0,1,0"]) == 0
+    src = load_file(str(tmp / "alora" / "adapter" / "adapter_model.safetensors"))
+    dst = load_file(str(tmp / "lora-w" / "adapter_model.safetensors"))
+    key = "model.layers.1.self_attn.o_proj"
+    A = next(v for k, v in src.items() if f"{key}.alora_A" in k)  # (3 r) x d, experts stacked
+    B = next(v for k, v in src.items() if f"{key}.alora_B" in k)
+    r = B.shape[1]
+    assert torch.equal(next(v for k, v in dst.items() if f"{key}.lora_A" in k), A[r:2 * r])  # expert 2 only
+    assert torch.equal(next(v for k, v in dst.items() if f"{key}.lora_B" in k), B)
+    cfg = json.loads((tmp / "lora-w" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 8
+
+    assert run(["export", str(tmp / "alora"), str(tmp / "lora-mean"), "--mean-gate-data",
+                str(tmp / "add-test.json")]) == 0
+    gates = json.loads((tmp / "lora-mean" / "mean_gates.json").read_text())
+    assert len(gates) == 4 and all(abs(sum(g) - 1) < 1e-4 and len(g) == 3 for g in gates.values())
+
+    assert run(["export", str(tmp / "alora"), str(tmp / "x"), "--gate", "0.5,0.5"]) == 2
+    assert "--gate has 2 weights but the adapter has 3 experts" in capsys.readouterr().err
+    assert run(["export", str(tmp / "alora"), str(tmp / "x"), "--gate", "0.5,0.6,0"]) == 2
+    assert "summing to 1" in capsys.readouterr().err
+    assert run(["export", str(tmp / "alora"), str(tmp / "x")]) == 2
+    assert "needs a gate" in capsys.readouterr().err
+    assert run(["export", str(tmp / "alora"), str(tmp / "lora-w"), "--gate", "1,0,0"]) == 2
+    assert "non-empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["export", str(tmp / "alora"), str(tmp / "x"), "--gate", "1,0,0", "--mean-gate-data", "f.json"])
+
+
+def test_compare_command_reports_bad_keys(tmp_path, capsys):
+    _write_tasks(tmp_path)
+    path = _config(tmp_path, training={"max_step": 2})
+    assert run(["compare", str(path)]) == 2
+    assert "unknown key(s) ['max_step']" in capsys.readouterr().err
+
+
+def test_demo_on_a_tiny_model(tmp_path, capsys):
+    model = _model_dir(tmp_path)
+    assert run(["demo", "--model", str(model), "--steps", "2", "--n-train", "4", "--n-test", "2",
+                "--tasks", "uppercase,add", "--methods", "lora,alora", "--out", str(tmp_path / "demo"),
+                "--threads", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out + capsys.readouterr().err
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(res["methods"]) == ["Base", "LoRA", "ALoRA"] and res["baseline"] == "LoRA"
+    assert res["tasks"] == ["uppercase", "add"] and res["meta"]["wall_seconds"] > 0
+    assert (tmp_path / "demo" / "results.png").is_file()
+    # held-out items: no test input was trained on
+    data = tmp_path / "demo" / "data"
+    for t in ("uppercase", "add"):
+        train = {r["input"] for r in json.loads((data / f"{t}-train.json").read_text())}
+        test = {r["input"] for r in json.loads((data / f"{t}-test.json").read_text())}
+        assert len(train) == 4 and len(test) == 2 and not train & test
+    # the written config is a valid comparison config
+    from asymlora.train.compare import load_compare_config
+
+    cfg = load_compare_config(data / "compare.yaml")
+    assert cfg.single_task == "lora" and list(cfg.method_overrides) == ["lora", "alora"]
+    assert run(["demo", "--methods", "lora,dora", "--model", str(model)]) == 2
