@@ -1,0 +1,537 @@
+"""One federated client in plain torch, whatever engine drives it.
+
+A client owns a PEFT model of its own rank, its own data, and a node-local directory holding its
+private state (A, M, B0, its own B for FedSA, FedDPA's local adapter, FLoRA's merged base deltas)
+as safetensors. Every change is written atomically before the client answers, so a client process
+can die at any point and the next one (a restarted SuperNode, a fresh ClientApp process per
+message, a resumed local run) carries on from the same state. Nothing in that directory is ever
+sent: only `method.client_upload` leaves the client.
+
+Two snapshots make a round idempotent: `applied` (the state after the last broadcast the client
+took in) and `trained` (the result of local training in round t, started from `applied`). Asking a
+client to train round t twice -- as a resumed server does -- restarts from `applied`, so a resumed
+run reproduces an uninterrupted one.
+
+Local training is a compact AdamW loop here rather than the multi-task Trainer of
+`asymlora.train`: a federated round is a few steps on a model that lives for one message, which
+the Trainer's run directory, checkpoints and resume logic do not fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+from ..data.records import Example, load_examples
+from ..data.templates import get_template
+from ..data.tokenize import MultiTaskCollator, tokenize_examples
+from .algorithms import merge_base_deltas
+from .algorithms.base import FederatedMethod
+from .config import FederatedConfig
+from .keys import StateDict, describe_keys, parse_key
+
+
+def split_stack_key(key: str) -> tuple[int, str]:
+    """FLoRA payload keys are '<round>::<adapter key>' (see `session.stack_key`)."""
+    head, sep, rest = key.partition("::")
+    if not sep or not head.isdigit():
+        raise KeyError(f"{key!r} is not a stacked-payload key (expected '<round>::<adapter key>')")
+    return int(head), rest
+
+log = logging.getLogger("asymlora.federated")
+
+MODES = ("replace", "total", "stack")
+"""How a client takes in a payload: replace its shared factors (FedIT and kin), set its accumulator
+to a running total (the decomposition), or merge a stack into its base weights (FLoRA)."""
+
+_DELTA_PREFIX = "flora_base_delta::"
+
+
+class ClientStateError(ValueError):
+    """A client's state directory does not belong to this run, or is damaged."""
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from several integers (run seed, client, round)."""
+    s = 0x9E3779B97F4A7C15
+    for p in parts:
+        s = (s * 1_000_003 + int(p) + 0x632BE5AB) % (2**63)
+    return s
+
+
+def generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(mix_seed(*parts))
+
+
+# ---- data ------------------------------------------------------------------------------------
+def client_examples(client_id: int, *, data_dir: Optional[str] = None, train_file: Optional[str] = None,
+                    test_file: Optional[str] = None, max_train: Optional[int] = None,
+                    max_eval: Optional[int] = None) -> tuple[list[Example], list[Example]]:
+    """(train, test) of one client: its `local_training_{i}.json`, and the test records of its own
+    task(s) from `test.jsonl`. A node that holds only its own files names them directly."""
+    root = Path(data_dir) if data_dir else None
+    if train_file is None:
+        if root is None:
+            raise ValueError(f"client {client_id}: neither data_dir nor train_file is given")
+        train_file = str(root / f"local_training_{client_id}.json")
+    if test_file is None:
+        if root is None:
+            raise ValueError(f"client {client_id}: neither data_dir nor test_file is given")
+        test_file = str(root / "test.jsonl") if (root / "test.jsonl").exists() else str(root / "test.json")
+    train = load_examples(train_file)
+    if not train:
+        raise ValueError(f"client {client_id}: {train_file} holds no records")
+    if max_train is not None:
+        train = train[:max_train]
+    tasks = {ex.task for ex in train}
+    test_all = load_examples(test_file)
+    test: list[Example] = []
+    per_task: dict[str, int] = {}
+    for ex in test_all:
+        if ex.task in tasks and (max_eval is None or per_task.get(ex.task, 0) < max_eval):
+            per_task[ex.task] = per_task.get(ex.task, 0) + 1
+            test.append(ex)
+    if not test:
+        raise ValueError(f"client {client_id}: {test_file} has no test records of its task(s) {sorted(tasks)}")
+    return train, test
+
+
+# ---- the client's model ----------------------------------------------------------------------
+def build_peft_model(base: torch.nn.Module, cfg: FederatedConfig, rank: int, seed: int) -> Any:
+    """Wrap `base` (modified in place) in the adapter of `cfg.method` at `rank`, seeded."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    import asymlora  # noqa: F401  (registers the decomposed layer with PEFT)
+
+    alpha, dropout, targets = cfg.alpha_of(rank), float(cfg.lora_dropout), list(cfg.targets)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)
+        if cfg.uses_decomposition:
+            conf = asymlora.DecomposedLoRAConfig(
+                r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                intermediate_dim=cfg.d_m, shared_side="B" if cfg.method == "fedalora" else "A", init_seed=seed)
+            return get_peft_model(base, conf)
+        lora = lambda: LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # noqa: E731
+                                  target_modules=targets)
+        if cfg.method == "feddpa":
+            model = get_peft_model(base, lora(), adapter_name="global")
+            model.add_adapter("local", lora())
+            model.base_model.set_adapter(["global", "local"])
+            return model
+        return get_peft_model(base, lora())
+
+
+def adapter_state(model: torch.nn.Module) -> StateDict:
+    """Every adapter factor of `model` (parameters and accumulator buffers), as detached CPU copies,
+    keyed as the model's own state_dict spells them (adapter name included)."""
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if parse_key(k) is not None}
+
+
+def _tensors_by_name(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters())
+    named.update(dict(model.named_buffers()))
+    return named
+
+
+def load_adapter_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy `state` into the model's adapter tensors; the key sets must agree exactly."""
+    named = _tensors_by_name(model)
+    own = {k for k in named if parse_key(k) is not None}
+    missing, extra = own - set(state), set(state) - own
+    if missing or extra:
+        raise ClientStateError("the adapter state does not fit the model"
+                               + (f"; missing {describe_keys(missing)}" if missing else "")
+                               + (f"; unexpected {describe_keys(extra)}" if extra else ""))
+    with torch.no_grad():
+        for key, value in state.items():
+            target = named[key]
+            if target.shape != value.shape:
+                raise ClientStateError(f"{key!r}: the state has shape {tuple(value.shape)}, "
+                                       f"the model {tuple(target.shape)}")
+            target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+# ---- persistence -----------------------------------------------------------------------------
+def atomic_save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, Any]) -> None:
+    """safetensors file written to a temporary name, flushed, then renamed over `path`."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata={"asymlora": json.dumps(dict(metadata), sort_keys=True)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("asymlora", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ClientStateError(f"{path}: unreadable state file ({exc})") from exc
+    return tensors, meta
+
+
+@dataclass
+class Snapshot:
+    state: StateDict
+    base_deltas: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def round(self) -> int:
+        return int(self.meta["round"])
+
+
+class ClientStore:
+    """`applied.safetensors` and `trained.safetensors` in the client's own directory."""
+
+    def __init__(self, root: Path, identity: Mapping[str, Any]) -> None:
+        self.root = Path(root)
+        self.identity = dict(identity)
+
+    def _path(self, kind: str) -> Path:
+        return self.root / f"{kind}.safetensors"
+
+    def save(self, kind: str, snap: Snapshot) -> None:
+        tensors = dict(snap.state)
+        tensors.update({_DELTA_PREFIX + m: d for m, d in snap.base_deltas.items()})
+        atomic_save(tensors, self._path(kind), {**snap.meta, "identity": self.identity})
+
+    def load(self, kind: str) -> Optional[Snapshot]:
+        path = self._path(kind)
+        if not path.exists():
+            return None
+        tensors, meta = read_safetensors(path)
+        if meta.get("identity") != self.identity:
+            raise ClientStateError(
+                f"{path} belongs to another run or client ({meta.get('identity')}), not to {self.identity}; "
+                "point state_dir elsewhere or delete it")
+        if "round" not in meta:
+            raise ClientStateError(f"{path}: no round in its metadata")
+        deltas = {k[len(_DELTA_PREFIX):]: v for k, v in tensors.items() if k.startswith(_DELTA_PREFIX)}
+        state = {k: v for k, v in tensors.items() if not k.startswith(_DELTA_PREFIX)}
+        meta.pop("identity", None)
+        return Snapshot(state, deltas, meta)
+
+    def remove(self, kind: str) -> None:
+        self._path(kind).unlink(missing_ok=True)
+
+
+# ---- local training ----------------------------------------------------------------------------
+@dataclass
+class TrainStats:
+    steps: int
+    loss: float
+    seconds: float
+
+
+def local_train(model: torch.nn.Module, features: Sequence[Mapping[str, Any]], trainable: Sequence[str], *,
+                pad_token_id: int, epochs: float, max_steps: Optional[int], batch_size: int, grad_accum: int,
+                lr: float, weight_decay: float, seed: int, progress: bool = False,
+                desc: str = "train") -> TrainStats:
+    """AdamW on the named parameters only, response-only loss, a seeded data order."""
+    from tqdm.auto import tqdm
+
+    named = dict(model.named_parameters())
+    missing = [k for k in trainable if k not in named]
+    if missing:
+        raise KeyError(f"trainable keys not among the model's parameters: {describe_keys(missing)}")
+    wanted = set(trainable)
+    for name, p in named.items():
+        p.requires_grad_(name in wanted)
+    params = [named[k] for k in trainable]
+    if not features:
+        raise ValueError("no training examples left after tokenisation (all prompts exceed cutoff_len?)")
+    per_epoch = math.ceil(len(features) / (batch_size * grad_accum))
+    steps = max(1, math.ceil(epochs * per_epoch))
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    collate = MultiTaskCollator(pad_token_id, padding_side="right", return_task_ids=False)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = generator(seed, 1)
+    order: list[int] = []
+    losses: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mix_seed(seed, 2))  # dropout
+        bar = tqdm(total=steps, desc=desc, leave=False, disable=not progress)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(grad_accum):
+                if len(order) < batch_size:
+                    order += torch.randperm(len(features), generator=gen).tolist()
+                batch_idx, order = order[:batch_size], order[batch_size:]
+                batch = collate([{k: features[i][k] for k in ("input_ids", "attention_mask", "labels")}
+                                 for i in batch_idx])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = model(**batch).loss / grad_accum
+                loss.backward()
+                total += float(loss.detach())
+            optimizer.step()
+            losses.append(total)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}")
+        bar.close()
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return TrainStats(steps, sum(losses) / len(losses), time.perf_counter() - start)
+
+
+# ---- the client ------------------------------------------------------------------------------
+BaseProvider = Callable[[], tuple[torch.nn.Module, Any]]
+"""Returns a fresh copy of the base model (the client may change its weights) and the tokenizer."""
+
+
+class CachedBase:
+    """Loads the base model once per process and hands out deep copies on the target device."""
+
+    def __init__(self, model: str, device: str = "auto") -> None:
+        self.name = model
+        self.device = resolve_device(device)
+        self._base: Optional[torch.nn.Module] = None
+        self._tokenizer: Any = None
+
+    def __call__(self) -> tuple[torch.nn.Module, Any]:
+        if self._base is None:
+            from ..models import load_model
+
+            model, tok = load_model(self.name, dtype=torch.float32)
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._base, self._tokenizer = model, tok
+        return copy.deepcopy(self._base), self._tokenizer
+
+
+_PROCESS_BASES: dict[tuple[str, str], CachedBase] = {}
+
+
+def process_base(model: str, device: str = "auto") -> CachedBase:
+    """One cached base per process and model, shared by every client that process plays."""
+    key = (model, device)
+    if key not in _PROCESS_BASES:
+        _PROCESS_BASES[key] = CachedBase(model, device)
+    return _PROCESS_BASES[key]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass
+class FitResult:
+    upload: StateDict
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalOutcome:
+    per_task: dict[str, float]
+    num_examples: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return sum(self.per_task.values()) / len(self.per_task)
+
+
+class FederatedClient:
+    """Client `client_id` of a run described by `cfg`; node-specific values override the config."""
+
+    def __init__(self, cfg: FederatedConfig, client_id: int, *, rank: Optional[int] = None,
+                 data_dir: Optional[str] = None, train_file: Optional[str] = None, test_file: Optional[str] = None,
+                 state_dir: Optional[str] = None, base: Optional[BaseProvider] = None) -> None:
+        self.cfg = cfg
+        self.client_id = int(client_id)
+        self.rank = int(rank) if rank is not None else cfg.rank_of(self.client_id)
+        self.method: FederatedMethod = cfg.make_method(self.rank)
+        self.data = dict(data_dir=data_dir or cfg.data_dir, train_file=train_file, test_file=test_file)
+        root = Path(state_dir) if state_dir else cfg.client_state_root / f"client-{self.client_id}"
+        self.store = ClientStore(root, {"run": cfg.fingerprint(), "client": self.client_id, "rank": self.rank})
+        self.base = base or process_base(cfg.model, cfg.device)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._merged: dict[str, torch.Tensor] = {}
+        self._train: Optional[list[Example]] = None
+        self._test: Optional[list[Example]] = None
+        self._applied = self.store.load("applied")
+        if self._applied is None:
+            self._applied = self._initial_snapshot()
+            self.store.save("applied", self._applied)
+        self._trained = self.store.load("trained")
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def applied_round(self) -> int:
+        return self._applied.round
+
+    @property
+    def state(self) -> StateDict:
+        """The client's current (applied) adapter state; a copy, safe to inspect."""
+        return dict(self._applied.state)
+
+    @property
+    def base_deltas(self) -> dict[str, torch.Tensor]:
+        return dict(self._applied.base_deltas)
+
+    def _initial_snapshot(self) -> Snapshot:
+        model = self._ensure_model(fresh=True)
+        return Snapshot(adapter_state(model), {}, {"round": 0, "kind": "applied"})
+
+    def examples(self) -> tuple[list[Example], list[Example]]:
+        if self._train is None:
+            self._train, self._test = client_examples(
+                self.client_id, max_train=self.cfg.max_train_examples, max_eval=self.cfg.max_eval_examples,
+                **self.data)
+        return self._train, self._test  # type: ignore[return-value]
+
+    def num_examples(self) -> int:
+        return len(self.examples()[0])
+
+    # ---- model -------------------------------------------------------------------------
+    def _ensure_model(self, fresh: bool = False) -> Any:
+        if self._model is None:
+            base, self._tokenizer = self.base()
+            self._model = build_peft_model(base, self.cfg, self.rank, mix_seed(self.cfg.seed, self.client_id, 0))
+            self._model.to(resolve_device(self.cfg.device))
+            self._model.eval()
+            self._merged = {}
+        if not fresh:
+            self._sync(self._applied)
+        return self._model
+
+    def _sync(self, snap: Snapshot) -> None:
+        """Make the live model hold `snap`: adapter tensors copied, base deltas merged once."""
+        load_adapter_state(self._model, snap.state)
+        todo = {}
+        for module, delta in snap.base_deltas.items():
+            done = self._merged.get(module)
+            todo[module] = delta if done is None else delta - done
+        if todo:
+            merge_base_deltas(self._model, todo)
+            self._merged = {m: d.clone() for m, d in snap.base_deltas.items()}
+
+    def release(self) -> None:
+        """Free the live model (the state stays on disk and in memory)."""
+        self._model = None
+        self._merged = {}
+
+    # ---- protocol ----------------------------------------------------------------------
+    def receive(self, payload: Mapping[str, torch.Tensor], payload_round: int, mode: str) -> bool:
+        """Take in the server's payload for `payload_round`; a payload already taken in is ignored.
+        Returns whether the state changed."""
+        if mode not in MODES:
+            raise ValueError(f"unknown payload mode {mode!r}; known: {', '.join(MODES)}")
+        if payload_round <= self.applied_round:
+            return False
+        trained = self._trained
+        base = trained if trained is not None and trained.round == payload_round else self._applied
+        state, deltas = dict(base.state), dict(self._applied.base_deltas)
+        if payload:
+            if mode == "replace":
+                state = self.method.client_apply(state, payload)
+            elif mode == "total":
+                increment = {}
+                for key, total in payload.items():
+                    if key not in state:
+                        raise KeyError(f"client {self.client_id}: the payload carries {key!r}, which its state lacks")
+                    increment[key] = total.to(state[key].dtype) - state[key]
+                state = self.method.client_apply(state, increment)
+            else:
+                by_round: dict[int, StateDict] = {}
+                for key, value in payload.items():
+                    r, k = split_stack_key(key)
+                    by_round.setdefault(r, {})[k] = value
+                for r in sorted(by_round):
+                    if r <= self.applied_round:
+                        continue  # merged already; merging twice would count that round twice
+                    for module, d in self.method.base_weight_deltas(by_round[r]).items():
+                        d = d.detach().to("cpu", torch.float32)
+                        deltas[module] = deltas[module] + d if module in deltas else d
+                    state = self.method.client_apply(state, by_round[r])
+        self._applied = Snapshot(state, deltas, {"round": int(payload_round), "kind": "applied"})
+        self.store.save("applied", self._applied)
+        self.store.remove("trained")
+        self._trained = None
+        return True
+
+    def fit(self, server_round: int) -> FitResult:
+        """Local training for `server_round`, always from the applied state (so a repeated round
+        gives the same result); the trained state is saved before the upload is returned."""
+        model = self._ensure_model()
+        train, _ = self.examples()
+        seed = mix_seed(self.cfg.seed, self.client_id, server_round)
+        state = self.method.round_start(self._applied.state, server_round, generator(seed, 0))
+        load_adapter_state(model, state)
+        features, _ = tokenize_examples(train, self._tokenizer, get_template(self.cfg.template, self._tokenizer),
+                                        cutoff_len=self.cfg.cutoff_len)
+        trainable = [k for k in self.method.trainable_keys(state) if k in dict(model.named_parameters())]
+        phases = [trainable]
+        if self.cfg.method == "feddpa":
+            # FedDPA: the global adapter, then the personal one, each with the other's output frozen
+            phases = [[k for k in trainable if parse_key(k).adapter == name] for name in ("global", "local")]
+        stats = []
+        for i, keys in enumerate(phases):
+            stats.append(local_train(
+                model, features, keys, pad_token_id=self._pad_id(), epochs=self.cfg.local_epochs,
+                max_steps=self.cfg.max_local_steps, batch_size=self.cfg.batch_size, grad_accum=self.cfg.grad_accum,
+                lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, seed=mix_seed(seed, 10 + i),
+                progress=self.cfg.progress, desc=f"client {self.client_id} round {server_round}"))
+        new_state = adapter_state(model)
+        n = len(train)
+        self._trained = Snapshot(new_state, self._applied.base_deltas,
+                                 {"round": int(server_round), "kind": "trained", "num_examples": n})
+        self.store.save("trained", self._trained)
+        metrics = {"train_loss": sum(s.loss for s in stats) / len(stats), "steps": float(sum(s.steps for s in stats)),
+                   "train_seconds": sum(s.seconds for s in stats)}
+        return FitResult(self.method.client_upload(new_state), n, metrics)
+
+    def evaluate(self, predictions_path: Optional[Path] = None) -> EvalOutcome:
+        """Generate on the client's own test set with its personalised (applied) model, eval mode."""
+        from ..evaluate import evaluate_examples
+
+        model = self._ensure_model()
+        _, test = self.examples()
+        result = evaluate_examples(model, self._tokenizer, test, template=get_template(self.cfg.template, self._tokenizer),
+                                   predictions_path=predictions_path, batch_size=self.cfg.eval_batch_size,
+                                   max_new_tokens=self.cfg.max_new_tokens, progress=False)
+        return EvalOutcome(dict(result.per_task), len(test), result.records)
+
+    def _pad_id(self) -> int:
+        tok = self._tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token")
+        return int(pad)

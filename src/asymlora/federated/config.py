@@ -1,0 +1,254 @@
+"""The configuration of a federated run: one YAML file, read strictly (an unknown or mistyped key is
+an error, never silently ignored), and the same values flattened into Flower's run config, so the
+in-process engine, the simulation and a real deployment all read one description of the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+from .algorithms import METHOD_NAMES, build_method
+from .algorithms.base import FederatedMethod
+
+
+class ConfigError(ValueError):
+    """A federated config is unusable; the message names the file and the key."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class FederatedConfig:
+    """Everything a federated run needs. Keys match the YAML file (see configs/federated/)."""
+
+    model: str = field(metadata=_help("base model: a local directory, a hub name, or smollm2-135m"))
+    data_dir: str = field(metadata=_help("FLAN layout: local_training_{i}.json per client and test.jsonl"))
+    method: str = field(metadata=_help(f"one of {', '.join(METHOD_NAMES)}"))
+    output_dir: str = field(metadata=_help("results, server checkpoints, plots"))
+    ranks: list[int] = field(default_factory=lambda: [8],
+                             metadata=_help("one rank per client, or one rank for every client"))
+    num_clients: Optional[int] = field(default=None, metadata=_help("clients, when `ranks` has one value"))
+    heterogeneous: Optional[bool] = field(
+        default=None, metadata=_help("fedalora/fedsa: use the decomposed layer; default: when ranks differ"))
+    d_m: int = field(default=16, metadata=_help("intermediate width of the decomposition"))
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata=_help("adapted modules"))
+    lora_alpha: Optional[float] = field(default=None, metadata=_help("default 2 x rank"))
+    lora_dropout: float = field(default=0.05, metadata=_help("dropout on the adapter input"))
+    rounds: int = field(default=10, metadata=_help("communication rounds"))
+    local_epochs: float = field(default=1.0, metadata=_help("local epochs per round"))
+    max_local_steps: Optional[int] = field(default=None, metadata=_help("cap on optimiser steps per round"))
+    batch_size: int = field(default=8, metadata=_help("local batch size"))
+    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
+    lr: float = field(default=5e-4, metadata=_help("AdamW learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    cutoff_len: int = field(default=256, metadata=_help("tokens per training example"))
+    template: str = field(default="alpaca_short", metadata=_help("prompt template name or JSON path"))
+    fraction: float = field(default=1.0, metadata=_help("fraction of clients sampled per round"))
+    min_clients: int = field(default=1, metadata=_help("valid updates needed to aggregate a round"))
+    client_timeout: Optional[float] = field(default=None, metadata=_help("seconds; a later reply is dropped"))
+    seed: int = field(default=0, metadata=_help("initialisation, sampling and data order"))
+    max_train_examples: Optional[int] = field(default=None, metadata=_help("per client, first N"))
+    max_eval_examples: Optional[int] = field(default=None, metadata=_help("per client and task, first N"))
+    eval_every: int = field(default=1, metadata=_help("evaluate every N rounds (the last always)"))
+    max_new_tokens: int = field(default=32, metadata=_help("generation length at evaluation"))
+    eval_batch_size: int = field(default=8, metadata=_help("generation batch size"))
+    state_dir: Optional[str] = field(default=None, metadata=_help("clients' private state; default output_dir/clients"))
+    device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:0, ..."))
+    progress: bool = field(default=True, metadata=_help("tqdm progress bars"))
+    round_timeout: float = field(default=3600.0, metadata=_help("Flower: seconds to wait for replies"))
+    connect_timeout: float = field(default=600.0, metadata=_help("Flower: seconds to wait for all nodes"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ranks, int):
+            self.ranks = [self.ranks]
+        if isinstance(self.targets, str):
+            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        self.validate()
+
+    # ---- checks --------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ConfigError(f"method: unknown federated method {self.method!r}; known: {', '.join(METHOD_NAMES)}")
+        if not isinstance(self.ranks, list) or not self.ranks or any(
+                isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in self.ranks):
+            raise ConfigError(f"ranks: expected a positive integer or a list of them, got {self.ranks!r}")
+        if self.num_clients is not None:
+            _positive_int(self.num_clients, "num_clients")
+            if len(self.ranks) not in (1, self.num_clients):
+                raise ConfigError(f"ranks: {len(self.ranks)} ranks given for num_clients {self.num_clients}")
+        for name in ("d_m", "rounds", "batch_size", "grad_accum", "cutoff_len", "min_clients", "eval_every",
+                     "max_new_tokens", "eval_batch_size"):
+            _positive_int(getattr(self, name), name)
+        for name in ("max_local_steps", "max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        if not (0.0 < float(self.fraction) <= 1.0):
+            raise ConfigError(f"fraction: must be in (0, 1], got {self.fraction!r}")
+        if float(self.local_epochs) <= 0:
+            raise ConfigError(f"local_epochs: must be > 0, got {self.local_epochs!r}")
+        if float(self.lr) <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr!r}")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+        if self.client_timeout is not None and float(self.client_timeout) <= 0:
+            raise ConfigError(f"client_timeout: must be > 0 seconds, got {self.client_timeout!r}")
+        if not self.targets:
+            raise ConfigError("targets: no modules to adapt")
+        if self.min_clients > self.n_clients:
+            raise ConfigError(f"min_clients {self.min_clients} exceeds the {self.n_clients} clients of the run")
+        try:
+            self.make_method()
+        except ValueError as exc:
+            raise ConfigError(f"method: {exc}") from None
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def n_clients(self) -> int:
+        return self.num_clients if self.num_clients is not None else len(self.ranks)
+
+    def rank_of(self, client: int) -> int:
+        if not 0 <= client < self.n_clients:
+            raise ConfigError(f"client {client} does not exist; the run has clients 0..{self.n_clients - 1}")
+        return self.ranks[0] if len(self.ranks) == 1 else self.ranks[client]
+
+    @property
+    def client_ranks(self) -> list[int]:
+        return [self.rank_of(i) for i in range(self.n_clients)]
+
+    @property
+    def is_heterogeneous(self) -> bool:
+        """Whether fedalora/fedsa use the decomposed layer (zeropadding and flora handle any ranks)."""
+        if self.heterogeneous is not None:
+            return bool(self.heterogeneous)
+        return len(set(self.client_ranks)) > 1
+
+    def alpha_of(self, rank: int) -> float:
+        return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * rank
+
+    def make_method(self, rank: Optional[int] = None) -> FederatedMethod:
+        """The algorithm object; FLoRA folds the client's alpha/r into the B it uploads."""
+        opts: dict[str, Any] = {}
+        if self.method == "flora" and rank is not None:
+            opts["scaling"] = self.alpha_of(rank) / rank
+        return build_method(self.method, heterogeneous=self.is_heterogeneous, **opts)
+
+    @property
+    def uses_decomposition(self) -> bool:
+        return self.method in ("fedalora", "fedsa") and self.is_heterogeneous
+
+    @property
+    def client_state_root(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else Path(self.output_dir) / "clients"
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must agree with to be resumed (run-shaping fields only)."""
+        keep = {k: v for k, v in self.to_dict().items()
+                if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
+                             "rounds", "eval_every", "client_timeout")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "FederatedConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+        missing = sorted(n for n, f in fields.items()
+                         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                         and n not in data)
+        if missing:
+            raise ConfigError(f"{source}: missing required key(s) {missing}")
+        values = {k: _coerce(k, v, source) for k, v in data.items()}
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "FederatedConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"federated config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if data is None:
+            raise ConfigError(f"{path}: the file is empty")
+        cfg = cls.from_dict(data, source=str(path))
+        # relative paths in a config file are relative to the file, not to the current directory
+        for key in ("data_dir", "output_dir", "state_dir", "model"):
+            value = getattr(cfg, key)
+            if value and not Path(value).is_absolute() and (key != "model" or (path.parent / value).exists()):
+                setattr(cfg, key, str((path.parent / value).resolve()))
+        return cfg
+
+    def to_run_config(self) -> dict[str, Union[str, int, float, bool]]:
+        """Flower's run config holds scalars only: lists become comma-separated strings, None "" ."""
+        out: dict[str, Union[str, int, float, bool]] = {}
+        for k, v in self.to_dict().items():
+            if isinstance(v, list):
+                v = ",".join(str(x) for x in v)
+            elif v is None:
+                v = ""
+            out[k] = v
+        return out
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], source: str = "run config") -> "FederatedConfig":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        data: dict[str, Any] = {}
+        for k, v in run_config.items():
+            if k in fields and v == "" and k not in ("model", "data_dir", "method", "output_dir"):
+                data[k] = None
+            elif k in ("ranks",) and isinstance(v, str):
+                data[k] = [int(x) for x in v.split(",") if x.strip()]
+            else:
+                data[k] = v
+        return cls.from_dict(data, source=source)
+
+
+def _positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """YAML and Flower's run config give ints where floats are meant and strings for lists."""
+    if key in ("lr", "weight_decay", "local_epochs", "fraction", "lora_dropout", "lora_alpha", "client_timeout",
+               "round_timeout", "connect_timeout"):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if key == "ranks" and isinstance(value, str):
+        try:
+            return [int(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"{source}: ranks: expected integers, got {value!r}") from None
+    if key == "targets" and isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir") and value is not None \
+            and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+    return value

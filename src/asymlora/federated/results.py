@@ -1,0 +1,145 @@
+"""What a federated run reports: per-client scores per round, a table in the layout of the paper's
+Tables 4-5 (one column per client's task, Avg., Params.(M)), a plot of each client's score per
+round, and results.json. Params.(M) is measured from the tensors that crossed the wire and printed
+beside the formula of `comm.comm_cost`, so a discrepancy shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from .comm import _DISPLAY, comm_cost
+from .config import FederatedConfig
+from .session import write_json
+
+
+def model_config_dict(cfg: FederatedConfig) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from ..models import resolve
+
+    return AutoConfig.from_pretrained(resolve(cfg.model)).to_dict()
+
+
+def formula_comm(cfg: FederatedConfig, model_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """comm_cost for this run's model, targets, method and ranks (per client per round)."""
+    model_config = model_config if model_config is not None else model_config_dict(cfg)
+    report = comm_cost(model_config, cfg.targets, cfg.method, cfg.client_ranks,
+                       dm=cfg.d_m if cfg.uses_decomposition else None, num_clients=cfg.n_clients)
+    return {"total_params": report.total_params, "wire_total_params": report.wire_total_params,
+            "paper_total_params": report.paper_total_params, "upload_params": report.wire_upload_params,
+            "download_params": report.wire_download_params, "notes": report.notes}
+
+
+def method_label(cfg: FederatedConfig) -> str:
+    name = _DISPLAY[cfg.method] + ("*" if cfg.method == "fedsa" and cfg.uses_decomposition else "")
+    ranks = sorted(set(cfg.client_ranks), reverse=True)
+    return f"{name} (r={','.join(map(str, ranks))}" + (f", d_m={cfg.d_m})" if cfg.uses_decomposition else ")")
+
+
+def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
+              model_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    evaluated = [h for h in history if h.get("eval")]
+    last = evaluated[-1] if evaluated else None
+    clients: dict[str, Any] = {}
+    if last:
+        for cid, e in sorted(last["eval"].items(), key=lambda kv: int(kv[0])):
+            clients[cid] = {"tasks": sorted(e["per_task"]), "score": e["score"], "per_task": e["per_task"]}
+    comm_rounds = [h["comm"] for h in history if h.get("comm")]
+    full = [h["comm"] for h in history if h.get("comm") and len(h.get("accepted", [])) == cfg.n_clients]
+    measured = (full or comm_rounds)
+    formula = formula_comm(cfg, model_config)
+    summary: dict[str, Any] = {
+        "method": cfg.method, "label": method_label(cfg), "heterogeneous": cfg.is_heterogeneous,
+        "ranks": cfg.client_ranks, "d_m": cfg.d_m if cfg.uses_decomposition else None,
+        "rounds_completed": len(history), "rounds_failed": [h["round"] for h in history if h.get("failed")],
+        "final_round": last["round"] if last else None, "clients": clients,
+        "avg": (sum(c["score"] for c in clients.values()) / len(clients)) if clients else None,
+        "params_m_measured": (sum(c["total_params"] for c in measured) / len(measured) / 1e6) if measured else None,
+        "params_m_measured_rounds": "full participation" if full else ("partial participation" if measured else None),
+        "params_m_formula": formula["wire_total_params"] / 1e6,
+        "params_m_paper_convention": formula["total_params"] / 1e6,
+        "formula_notes": formula["notes"],
+    }
+    return summary
+
+
+def _fmt(x: Optional[float], nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _fmt_m(x: Optional[float]) -> str:
+    """Millions of parameters: the paper's two decimals, more for toy models."""
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.6f}"
+
+
+def markdown(cfg: FederatedConfig, summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
+    clients = summary["clients"]
+    heads = [f"c{cid} {'/'.join(c['tasks'])}" for cid, c in clients.items()]
+    lines = [f"# {summary['label']}: {cfg.n_clients} clients, {summary['rounds_completed']} rounds", "",
+             f"Scores after round {summary['final_round']} (each client's own task, personalised model; "
+             "ROUGE-1 or accuracy, %). Params.(M): per client per round, upload + download.", "",
+             "| Method | " + " | ".join(heads) + " | Avg. | Params.(M) sent | Params.(M) formula | paper's count |",
+             "|" + "---|" * (len(heads) + 5)]
+    cells = [summary["label"], *(_fmt(c["score"]) for c in clients.values()), _fmt(summary["avg"]),
+             _fmt_m(summary["params_m_measured"]), _fmt_m(summary["params_m_formula"]),
+             _fmt_m(summary["params_m_paper_convention"])]
+    lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Per round", "", "| round | clients | accepted | rejected | loss | avg score |", "|---|---|---|---|---|---|"]
+    for h in history:
+        losses = [t["train_loss"] for t in h.get("train", {}).values() if "train_loss" in t]
+        ev = h.get("eval") or {}
+        avg = sum(e["score"] for e in ev.values()) / len(ev) if ev else None
+        rej = "; ".join(f"c{r['client']}: {r['reason'][:80]}" for r in h.get("rejected", [])) or "-"
+        if h.get("failed"):
+            rej = f"ROUND FAILED: {h['failed'][:120]}"
+        lines.append(f"| {h['round']} | {','.join(map(str, h.get('participants', [])))} | "
+                     f"{','.join(map(str, h.get('accepted', [])))} | {rej} | "
+                     f"{_fmt(sum(losses) / len(losses) if losses else None, 3)} | {_fmt(avg)} |")
+    for note in summary.get("formula_notes", []):
+        lines.append(f"\nNote: {note}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_scores(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """One line per client: its score on its own task after each evaluated round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[int], list[float], str]] = {}
+    for h in history:
+        for cid, e in (h.get("eval") or {}).items():
+            xs, ys, _ = series.setdefault(cid, ([], [], "/".join(sorted(e["per_task"]))))
+            xs.append(int(h["round"]))
+            ys.append(float(e["score"]))
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for cid in sorted(series, key=int):
+        xs, ys, task = series[cid]
+        ax.plot(xs, ys, marker="o", label=f"client {cid} ({task})")
+    ax.set_xlabel("round")
+    ax.set_ylabel("score (%)")
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend(fontsize="small", loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]], out_dir: Optional[Path] = None,
+                  model_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """results.json, results.md and scores.png in the output directory; returns the summary."""
+    out = Path(out_dir or cfg.output_dir)
+    summary = summarise(cfg, history, model_config)
+    write_json(out / "results.json", {"summary": summary, "config": cfg.to_dict(), "rounds": list(history)})
+    (out / "results.md").write_text(markdown(cfg, summary, history), encoding="utf-8")
+    plot_scores(history, out / "scores.png", title=summary["label"])
+    return summary
