@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -137,3 +138,20 @@ def test_missing_task_file(tmp_path):
     path = _config(tmp_path, tasks=[{"name": "x", "train": "nope.json", "test": "nope.json"}])
     with pytest.raises(FileNotFoundError, match="nope.json"):
         compare(path, out_dir=tmp_path / "out", progress=False, log=lambda s: None)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    cfg = load_compare_config(path)
+    assert cfg.task_specs and cfg.row_names()
+    if cfg.data_dir and Path(cfg.data_dir).is_dir():  # the shared data is there: every task loads
+        from asymlora.train.compare import load_tasks
+
+        tasks = load_tasks(cfg)
+        assert [t.name for t in tasks] == [s.name for s in cfg.task_specs]
+        assert all(t.train and t.test for t in tasks)
+        if cfg.max_test_per_task:
+            assert all(len(t.test) <= cfg.max_test_per_task for t in tasks)

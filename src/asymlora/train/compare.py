@@ -187,7 +187,7 @@ def load_compare_config(path: Union[str, Path]) -> CompareConfig:
     base = path.resolve().parent
 
     def rel(p: Optional[str]) -> Optional[str]:
-        return None if p is None or Path(p).is_absolute() else str(base / p)
+        return p if p is None or Path(p).is_absolute() else str((base / p).resolve())
 
     if cfg.data_dir:
         cfg.data_dir = rel(cfg.data_dir)
@@ -198,6 +198,10 @@ def load_compare_config(path: Union[str, Path]) -> CompareConfig:
                     t[k] = rel(t[k])
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("runs") / path.stem)
+    else:
+        cfg.output_dir = rel(cfg.output_dir)
+    if cfg.cache_dir is not None:
+        cfg.cache_dir = rel(cfg.cache_dir)
     return cfg.validate(str(path))
 
 
@@ -241,9 +245,9 @@ def load_tasks(cfg: CompareConfig) -> list[TaskData]:
             train_ex, test_ex = _load_split(spec, spec.train, "train"), _load_split(spec, spec.test, "test")
         else:
             if dir_train is None:
-                fmt = "auto"
-                dir_train = load_task_dir(cfg.data_dir, "train", fmt=fmt)
-                dir_test = load_task_dir(cfg.data_dir, "test", fmt=fmt)
+                wanted = [s.name for s in cfg.task_specs if s.train is None]
+                dir_train = load_task_dir(cfg.data_dir, "train", tasks=wanted, fmt=spec.format)
+                dir_test = load_task_dir(cfg.data_dir, "test", tasks=wanted, fmt=spec.format)
             train_ex = [e for e in dir_train if e.task == spec.name]
             test_ex = [e for e in dir_test if e.task == spec.name]
             if not train_ex or not test_ex:
