@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from asymlora.federated.config import FederatedConfig
 
 TASKS = ["reverse", "add", "upper", "copy"]
 
 
-def _records(task: str, n: int, offset: int = 0) -> list[dict[str, str]]:
+def records(task: str, n: int, offset: int = 0) -> list[dict[str, str]]:
     words = ["apple", "cat", "mat", "world", "hello", "sat", "the", "answer"]
     out = []
     for i in range(offset, offset + n):
@@ -30,40 +30,42 @@ def _records(task: str, n: int, offset: int = 0) -> list[dict[str, str]]:
 
 
 def make_model_dir(root: Path) -> Path:
+    """A saved random tiny Llama (vocab 320 >= the tokenizer's 300) and the offline tokenizer."""
     from asymlora.models import tiny_llama
     from tests.data.tiny_tokenizer import tiny_tokenizer
 
     path = root / "tiny-model"
     if not (path / "config.json").exists():
         model = tiny_llama(hidden=32, layers=2, vocab=320, heads=4, kv_heads=2, intermediate=64, seed=0)
-        model.config.pad_token_id = 0
-        model.config.bos_token_id = 1
-        model.config.eos_token_id = 2
+        model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = 0, 1, 2
         model.save_pretrained(str(path), safe_serialization=True)
         tiny_tokenizer().save_pretrained(str(path))
     return path
 
 
-def make_data_dir(root: Path, n_clients: int, n_train: int = 4, n_test: int = 2) -> Path:
+def make_data_dir(root: Path, n_train: Sequence[int], n_test: int = 2) -> Path:
+    """Client i: `n_train[i]` records of task TASKS[i % 4]; test.jsonl: `n_test` per task."""
     path = root / "data"
     path.mkdir(parents=True, exist_ok=True)
     test = []
-    for i in range(n_clients):
+    for i, n in enumerate(n_train):
         task = TASKS[i % len(TASKS)]
-        (path / f"local_training_{i}.json").write_text(json.dumps(_records(task, n_train)))
-        test += _records(task, n_test, offset=100)
+        (path / f"local_training_{i}.json").write_text(json.dumps(records(task, n)))
+        if i < len(TASKS):
+            test += records(task, n_test, offset=100)
     (path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
     return path
 
 
-def tiny_config(root: Path, method: str, ranks: list[int], **overrides: Any) -> FederatedConfig:
-    model = make_model_dir(root.parent if (root.parent / "tiny-model").exists() else root)
-    data = make_data_dir(root, len(ranks) if overrides.get("num_clients") is None else overrides["num_clients"])
+def tiny_config(root: Path, model_dir: Path, method: str, ranks: list[int], *,
+                n_train: Optional[Sequence[int]] = None, **overrides: Any) -> FederatedConfig:
+    n = overrides.get("num_clients") or len(ranks)
+    data = make_data_dir(root, n_train or [4] * n)
     values: dict[str, Any] = dict(
-        model=str(model), data_dir=str(data), method=method, output_dir=str(root / "out"), ranks=ranks,
+        model=str(model_dir), data_dir=str(data), method=method, output_dir=str(root / "out"), ranks=ranks,
         d_m=3, targets=["q_proj", "v_proj"], lora_dropout=0.0, rounds=2, local_epochs=1.0, max_local_steps=2,
-        batch_size=2, lr=1e-2, cutoff_len=48, max_new_tokens=3, eval_batch_size=4, progress=False,
-        min_clients=1, device="cpu",
+        batch_size=2, lr=1e-2, cutoff_len=48, max_new_tokens=2, eval_batch_size=4, max_eval_examples=1,
+        progress=False, min_clients=1, device="cpu",
     )
     values.update(overrides)
     return FederatedConfig(**values)

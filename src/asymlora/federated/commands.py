@@ -21,7 +21,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `comm` subcommand; its handler is `args.func(args) -> exit code`."""
+    """Add the `comm` and `federate` subcommands; handlers are `args.func(args) -> exit code`."""
+    register_federate(subparsers)
     p = subparsers.add_parser(
         "comm", help="parameters and bytes each client sends and receives per round",
         description="Communication per client per round of a federated method, from a transformers "
@@ -52,4 +53,84 @@ def run_comm(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_table(report))
+    return 0
+
+
+# ---- federate ------------------------------------------------------------------------------------
+ENGINES = ("local", "simulation", "deployment")
+
+
+def register_federate(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "federate", help="federated fine-tuning of one method (Fed-ALoRA, FedIT, FedSA-LoRA, ...)",
+        description="Run a federated fine-tuning described by a YAML config (see configs/federated/). "
+                    "Writes results.json, results.md (the paper's Tables 4-5 layout), scores.png and a server "
+                    "checkpoint per round to output_dir; a run that was stopped resumes from its last round.")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: in this process, one client after another (one GPU, no Ray); simulation: "
+                        "Flower's simulation engine (Ray); deployment: submit to a running Flower SuperLink")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the server checkpoint (and, for local/simulation, the clients' state) first")
+    p.add_argument("--rounds", type=int, default=None, help="override the config's rounds (e.g. to extend a run)")
+    d = p.add_argument_group("deployment engine")
+    d.add_argument("--superlink", default=None, help="SuperLink address HOST:PORT (its API port, default 8000)")
+    d.add_argument("--connection", default=None, help="a SuperLink connection of your Flower config instead")
+    d.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    d.add_argument("--root-certificates", default=None, help="CA certificate (PEM) that signed the SuperLink's")
+    d.add_argument("--app-dir", default=None, help="where to write the Flower App (default output_dir/flower-app)")
+    d.add_argument("--write-app-only", action="store_true",
+                   help="write the Flower App directory and stop (to submit it yourself with `flwr run`)")
+    s = p.add_argument_group("simulation engine")
+    s.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client")
+    s.add_argument("--gpus-per-client", type=float, default=0.0, help="Ray GPU share per virtual client")
+    p.set_defaults(func=run_federate)
+    return p
+
+
+def run_federate(args: argparse.Namespace) -> int:
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from .config import FederatedConfig
+
+    cfg = FederatedConfig.from_yaml(args.config)
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+        cfg.validate()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(cfg.output_dir)
+    if args.fresh:
+        shutil.rmtree(out / "server", ignore_errors=True)
+        if args.engine != "deployment":
+            shutil.rmtree(cfg.client_state_root, ignore_errors=True)
+    if args.engine == "local":
+        from .engine import LocalEngine
+
+        LocalEngine(cfg).run()
+    elif args.engine == "simulation":
+        from .flower.launch import run_simulation_engine
+
+        run_simulation_engine(cfg, num_cpus_per_client=args.cpus_per_client,
+                              num_gpus_per_client=args.gpus_per_client)
+    else:
+        from .flower.launch import run_deployment, write_app_dir
+
+        if args.write_app_only:
+            app = write_app_dir(cfg, Path(args.app_dir or out / "flower-app"))
+            print(f"Flower App written to {app}; submit it with: flwr run {app} <superlink-connection> --stream")
+            return 0
+        code = run_deployment(cfg, superlink=args.superlink, connection=args.connection, insecure=args.insecure,
+                              root_certificates=args.root_certificates,
+                              app_dir=Path(args.app_dir) if args.app_dir else None)
+        if code != 0:
+            print(f"asymlora federate: error: `flwr run` exited with code {code}", file=sys.stderr)
+            return code
+    table = out / "results.md"
+    if table.exists():
+        print(table.read_text(encoding="utf-8"))
+        print(f"results: {out / 'results.json'}, plot: {out / 'scores.png'}")
+    else:
+        print(f"no results in {out}: the ServerApp writes them where it runs (the SuperLink's machine)")
     return 0
