@@ -104,7 +104,7 @@ def _add_demo(sub: Any) -> None:
                        description="Fine-tune SmolLM2-135M with each method on a small generated multi-task set "
                                    "(held-out test items), print the loss before and after, the per-task table "
                                    "and write a bar chart.")
-    p.add_argument("--steps", type=int, default=40, help="optimiser steps per method (default 40)")
+    p.add_argument("--steps", type=int, default=30, help="optimiser steps per method (default 30)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--methods", type=_csv, default=list(DEMO_DEFAULT_METHODS),
                    help="comma-separated methods (default lora,hydralora,alora)")

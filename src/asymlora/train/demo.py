@@ -55,7 +55,7 @@ def _write_task_files(root: Path, tasks: list[TaskData], model: str, methods: Se
 def run_demo(
     out_dir: str | Path = "runs/demo",
     methods: Sequence[str] = DEMO_DEFAULT_METHODS,
-    steps: int = 40,
+    steps: int = 30,
     tasks: Sequence[str] = DEMO_DEFAULT_TASKS,
     n_train: int = 120,
     n_test: int = 25,
