@@ -97,9 +97,7 @@ def test_heterogeneous_ranks_in_one_fedalora_run(tmp_path, model_dir):
     assert summary["params_m_measured"] == pytest.approx(summary["params_m_formula"], rel=0, abs=1e-12)
 
 
-@pytest.mark.parametrize("method,ranks", [("fedit", [2, 2]), ("feddpa", [2, 2]), ("fedsa", [2, 2]),
-                                          ("fedalora", [2, 2]), ("zeropadding", [4, 1]), ("flora", [4, 1]),
-                                          ("fedsa", [4, 1])])
+@pytest.mark.parametrize("method,ranks", [("feddpa", [2, 2]), ("zeropadding", [4, 1]), ("fedsa", [4, 1])])
 def test_measured_traffic_equals_the_formula(tmp_path, model_dir, method, ranks):
     cfg = tiny_config(tmp_path, model_dir, method, ranks, rounds=1, max_local_steps=1)
     summary = LocalEngine(cfg).run()

@@ -207,7 +207,7 @@ def close_round(state: ServerState, server_round: int, participants: Sequence[in
         logger.error("round %d not aggregated: %s", server_round, record["failed"])
         return record
     state.complete_round(server_round, result.broadcast)
-    record["accepted"] = [int(c) for c in result.accepted]
+    record["accepted"] = sorted(int(c) for c in result.accepted)
     record["rejected"] += [{"client": int(r.client_id), "reason": r.reason} for r in result.rejected]
     record["comm"] = result.comm.to_dict()
     return record

@@ -110,7 +110,7 @@ class FederatedStrategy(Strategy):
             return
         msgs = [Message(RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: self.state.round})}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in new]
-        for reply in grid.send_and_receive(msgs, timeout=self.cfg.round_timeout):
+        for reply in grid.send_and_receive(msgs, timeout=min(self.cfg.round_timeout, self.cfg.connect_timeout)):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d did not register: %s", node, reply.error.reason)
@@ -269,6 +269,8 @@ class FederatedStrategy(Strategy):
                     result.evaluate_metrics_clientapp[t] = ev
                     bar.set_postfix(avg=f"{float(ev[SCORE]):.2f}")
             record = self._record or {"round": t}
+            if any(p < 0 for p in record.get("participants", [])):
+                self.register(grid)   # nodes that failed before saying who they are
             self._resolve_labels(record)
             record["seconds"] = time.perf_counter() - start
             self.state.round = t
