@@ -12,7 +12,7 @@ from asymlora.cli import COMMAND_MODULES, build_parser, main
 def test_every_command_module_registers_its_commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"comm", "analyze"} <= set(sub.choices)
+    assert {"demo", "train", "evaluate", "compare", "export", "comm", "federate", "analyze"} <= set(sub.choices)
     assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
 
 

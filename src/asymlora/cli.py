@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 # Each module exposes register(subparsers); handlers take the parsed args and return an exit code.
 COMMAND_MODULES = (
+    "asymlora.train.commands",
     "asymlora.federated.commands",
     "asymlora.analysis.commands",
 )
