@@ -111,6 +111,19 @@ class AdaLoraAllocationCallback(TrainerCallback):
         return control
 
 
+class _RunRecordAtStart(TrainerCallback):
+    """Writes the 'running' record once training starts, from the main process only: by then every
+    process of a multi-process launch has passed the checks on the output directory."""
+
+    def __init__(self, path: Path, run: dict[str, Any]) -> None:
+        self.path, self.run = path, run
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.is_world_process_zero:
+            _write_json_atomic(self.path, self.run)
+        return control
+
+
 def resolve_precision(precision: str) -> str:
     """auto -> bf16 on a GPU that has it, fp16 on an older GPU, fp32 on the CPU (the CPUs here have
     no bf16 instructions: bf16 was 40x slower)."""
@@ -257,6 +270,8 @@ def _training_arguments(config: TrainConfig, ckpt_root: Path) -> TrainingArgumen
         label_names=["labels"],
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # without it, a CPU-only `torchrun` launch trains the whole data set in every process
+        use_cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
     )
     if config.gradient_checkpointing:
         args["activation_checkpointing"] = True
@@ -366,10 +381,7 @@ def train(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "status": "running",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / RUN_FILE, run)
-
-    cbs = list(callbacks)
+    cbs = [_RunRecordAtStart(out / RUN_FILE, run), *callbacks]
     if method == "adalora":
         cbs.append(AdaLoraAllocationCallback())
     trainer = MultiTaskTrainer(
@@ -384,7 +396,6 @@ def train(
     started = time.time()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     adapter_dir = out / ADAPTER_DIR
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
     run.update(
         status="done",
         resumed_from=str(checkpoint) if checkpoint else None,
@@ -392,7 +403,9 @@ def train(
                  "wall_seconds": time.time() - started},
         log_history=trainer.state.log_history,
     )
-    _write_json_atomic(out / RUN_FILE, run)
+    if trainer.args.should_save:
+        model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        _write_json_atomic(out / RUN_FILE, run)
     return TrainResult(model, tokenizer, list(trainer.state.log_history), adapter_dir, run, names)
 
 
