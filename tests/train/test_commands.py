@@ -134,3 +134,15 @@ def test_demo_on_a_tiny_model(tmp_path, capsys):
     cfg = load_compare_config(data / "compare.yaml")
     assert cfg.single_task == "lora" and list(cfg.method_overrides) == ["lora", "alora"]
     assert run(["demo", "--methods", "lora,dora", "--model", str(model)]) == 2
+
+
+def test_train_from_a_comparison_config(tmp_path, capsys):
+    _write_tasks(tmp_path)
+    path = _config(tmp_path)  # methods lora, alora; adapter r 4; max_steps 2
+    assert run(["train", str(path)]) == 2
+    assert "choose one with --method" in capsys.readouterr().err
+    assert run(["train", str(path), "--method", "alora", "--out", str(tmp_path / "t"), "--max-steps", "3"]) == 0
+    rec = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert rec["adapter_config"]["r"] == 4  # from the config's adapter section
+    assert rec["training"]["max_steps"] == 3 and rec["training"]["learning_rate"] == 0.01  # flag over config
+    assert rec["data"]["tasks"] == {"add": 4, "reverse": 4}
