@@ -317,6 +317,15 @@ def train(
     if not examples:
         raise ValueError("no training examples")
 
+    if method not in METHOD_LABELS:
+        raise ValueError(f"unknown method {method!r}; known methods: {sorted(METHOD_LABELS)}")
+    # checks on the output folder come first: they are cheap, loading a model is not
+    if resume:
+        _check_previous_run(out, method, config)
+    elif _last_checkpoint(ckpt_root) is not None or (out / RUN_FILE).is_file():
+        raise FileExistsError(f"{out} already holds a training run; pass resume=True (--resume) to continue "
+                              "it, or choose a new output directory")
+
     if isinstance(model_name_or_model, (str, os.PathLike)):
         model_name = str(model_name_or_model)
         model, loaded_tok = load_model(model_name, device="cuda" if torch.cuda.is_available() else None)
@@ -346,15 +355,11 @@ def train(
 
     checkpoint: Optional[Path] = None
     if resume:
-        _check_previous_run(out, method, config)
         checkpoint = Path(resume) if isinstance(resume, (str, Path)) else _last_checkpoint(ckpt_root)
         if checkpoint is not None:
             if not checkpoint.is_dir():
                 raise FileNotFoundError(f"checkpoint directory not found: {checkpoint}")
             _check_checkpoint(checkpoint, peft_config, method)
-    elif _last_checkpoint(ckpt_root) is not None or (out / RUN_FILE).is_file():
-        raise FileExistsError(f"{out} already holds a training run; pass resume=True (--resume) to continue "
-                              "it, or choose a new output directory")
 
     from transformers import set_seed
 
