@@ -92,7 +92,10 @@ def main() -> None:
     ap.add_argument("--variants", default="lora,alora,hydralora")
     ap.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     from asymlora.models import resolve
