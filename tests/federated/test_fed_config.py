@@ -78,3 +78,18 @@ def test_fingerprint_ignores_rounds_but_not_the_method():
     a = FederatedConfig(**BASE, rounds=2)
     assert a.fingerprint() == FederatedConfig(**BASE, rounds=5).fingerprint()
     assert a.fingerprint() != FederatedConfig(**{**BASE, "method": "fedsa"}).fingerprint()
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "configs" / "federated").glob("*.yaml")) + sorted(
+        (root / "experiments" / "federated" / "cpu").glob("*.yaml"))
+    assert len(files) >= 9
+    for f in files:
+        cfg = FederatedConfig.from_yaml(f)
+        if "-het" in f.stem:
+            assert cfg.client_ranks == [64, 64, 32, 32, 16, 16, 8, 8] and cfg.d_m == 16
+        elif "-hom" in f.stem:
+            assert cfg.client_ranks == [8] * 8

@@ -518,12 +518,14 @@ class FederatedClient:
                    "train_seconds": sum(s.seconds for s in stats)}
         return FitResult(self.method.client_upload(new_state), n, metrics)
 
-    def evaluate(self, predictions_path: Optional[Path] = None) -> EvalOutcome:
-        """Generate on the client's own test set with its personalised (applied) model, eval mode."""
+    def evaluate(self, predictions_path: Optional[Path] = None,
+                 examples: Optional[Sequence[Example]] = None) -> EvalOutcome:
+        """Generate on the client's own test set (or on `examples`, e.g. every task's, to measure
+        transfer) with its personalised (applied) model, in eval mode."""
         from ..evaluate import evaluate_examples
 
         model = self._ensure_model()
-        _, test = self.examples()
+        test = list(examples) if examples is not None else self.examples()[1]
         result = evaluate_examples(model, self._tokenizer, test, template=get_template(self.cfg.template, self._tokenizer),
                                    predictions_path=predictions_path, batch_size=self.cfg.eval_batch_size,
                                    max_new_tokens=self.cfg.max_new_tokens, progress=False)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The CPU-sized runs recorded in README.md, one after another (one intra-op thread: the two cores
+# are shared). Results are copied from runs/ (ignored by git) to results/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+PY=.venv/bin/python
+mkdir -p experiments/federated/results experiments/federated/runs
+[ -f experiments/federated/results/base.json ] || $PY experiments/federated/base_scores.py experiments/federated/cpu/fedit-hom.yaml
+for name in ${RUNS:-fedalora-hom fedsa-hom fedit-hom fedalora-het fedsa-het zeropadding-het}; do
+  start=$(date +%s)
+  .venv/bin/asymlora federate experiments/federated/cpu/$name.yaml --engine local > experiments/federated/runs/$name.log 2>&1
+  mkdir -p experiments/federated/results/$name
+  cp experiments/federated/runs/$name/results.{json,md} experiments/federated/runs/$name/scores.png experiments/federated/results/$name/
+  echo "$name done in $(( $(date +%s) - start )) s"
+done
