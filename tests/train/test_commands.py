@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 
 from asymlora.train.commands import register
 
-from . import helpers
 from .test_compare import _config, _model_dir, _write_tasks
 
 

@@ -29,7 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ..data.records import Example
 from ..data.tokenize import MultiTaskCollator, TaskMixSampler, tokenize_examples
 from .config import ConfigError, TrainConfig
-from .methods import METHOD_LABELS, make_peft_config, method_of_config
+from .methods import METHOD_LABELS, make_peft_config
 
 __all__ = [
     "CheckpointMismatchError",
