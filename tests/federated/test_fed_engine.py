@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from asymlora.federated.client import FederatedClient, FitResult
+from asymlora.federated.client import FederatedClient
 from asymlora.federated.engine import LocalEngine
 from asymlora.federated.keys import parse_key
 from asymlora.federated.results import formula_comm
@@ -195,3 +195,13 @@ def test_results_files(tmp_path, model_dir):
     assert "| Method | c0 reverse | c1 add | Avg. | Params.(M) sent | Params.(M) formula |" in md
     # a finished run asked to run again does nothing but report
     assert LocalEngine(cfg).run()["rounds_completed"] == 2
+
+
+def test_the_local_engine_needs_neither_flower_nor_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, asymlora.federated.engine, asymlora.federated.commands; "
+            "bad = sorted(m for m in ('flwr', 'ray') if m in sys.modules); print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,7 @@ def run(cfg, n_nodes=None, grid=None, rounds=None):
     grid = grid or LoopbackGrid(build_client_app(), cfg.to_run_config(), n_nodes or cfg.n_clients)
     strategy = make_strategy(cfg)
     strategy.start(grid, num_rounds=rounds or cfg.rounds)
-    return grid, strategy, json.loads((cfg.output_dir and __import__("pathlib").Path(cfg.output_dir) /
-                                       "results.json").read_text())
+    return grid, strategy, json.loads((Path(cfg.output_dir) / "results.json").read_text())
 
 
 def roles(keys):

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
