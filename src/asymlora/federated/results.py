@@ -120,6 +120,9 @@ def plot_scores(history: Sequence[Mapping[str, Any]], path: Path, title: str = "
     for cid in sorted(series, key=int):
         xs, ys, task = series[cid]
         ax.plot(xs, ys, marker="o", label=f"client {cid} ({task})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("score (%)")
     if title:
