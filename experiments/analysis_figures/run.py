@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from asymlora.analysis.compare import run_dynamics, run_similarity
-    from asymlora.analysis.plots import plot_gradient_conflicts, write_json
+    from asymlora.analysis.plots import plot_gradient_conflicts, plot_similarity_panels, write_json
     from asymlora.analysis.recorder import AdapterSnapshotCallback, GradientConflictCallback, load_conflicts
     from asymlora.data.records import load_examples
     from asymlora.models import load_model
@@ -74,6 +74,11 @@ def main(argv=None) -> int:
 
     same_seed = run_similarity(x_s0 / "adapter", y_s0 / "adapter", out / "fig1_same_seed_different_task")
     same_task = run_similarity(x_s0 / "adapter", x_s1 / "adapter", out / "fig1_different_seed_same_task")
+    panels = [(label, [r["layer"] for r in res["layers"]], [r["sim_A"] for r in res["layers"]],
+               [r["sim_B"] for r in res["layers"]])
+              for label, res in (("same seed, different tasks (X vs Y)", same_seed),
+                                 ("different seeds, same task (X seed 0 vs seed 1)", same_task))]
+    plot_similarity_panels(panels, out / "fig1_similarity.png")
     dynamics = run_dynamics(x_s0 / "checkpoints" / "snapshots" / "step-2", x_s0 / "adapter", out / "fig2_dynamics")
 
     series = {}

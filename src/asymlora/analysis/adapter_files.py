@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,12 @@ METHOD_NAMES = {"lora": "LoRA", "alora": "ALoRA", "hydralora": "HydraLoRA"}
 class AdapterFileError(ValueError):
     """A saved adapter directory that cannot be analysed (missing file, unknown method, bad tensors)."""
 
+
+
+def layer_order_key(name: str) -> tuple:
+    """Natural order of module names, so that layer 2 comes before layer 10 (files store keys sorted
+    as text)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 @dataclass(frozen=True)
 class LayerFactors:
@@ -163,7 +170,8 @@ def load_adapter_factors(path: str | Path) -> AdapterFactors:
             )
     if not layers:
         raise AdapterFileError(f"{path / WEIGHTS_FILE}: no {METHOD_NAMES[method]} A/B factors found")
-    return AdapterFactors(path=path, method=method, layers=layers)
+    ordered = dict(sorted(layers.items(), key=lambda item: layer_order_key(item[0])))
+    return AdapterFactors(path=path, method=method, layers=ordered)
 
 
 def check_comparable(a: AdapterFactors, b: AdapterFactors, names: tuple[str, str] = ("first", "second")) -> None:

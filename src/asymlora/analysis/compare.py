@@ -103,6 +103,13 @@ def _note_lines(notes: list[dict[str, Any]]) -> str | None:
     return "Undefined values (shown as –):\n" + "\n".join(shown + more)
 
 
+def run_name(path: str | Path) -> str:
+    """A readable name for an adapter directory: `run/adapter` is named after its run."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.name in ("adapter", "") or path.name.startswith("step-") \
+        else path.name
+
+
 def run_similarity(dir_a: str | Path, dir_b: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Figure 1 for two saved adapters: writes similarity.json / .md / .png under out_dir."""
     a, b = load_adapter_factors(dir_a), load_adapter_factors(dir_b)
@@ -110,7 +117,7 @@ def run_similarity(dir_a: str | Path, dir_b: str | Path, out_dir: str | Path) ->
     out = Path(out_dir)
     rows = result["layers"]
     names = [r["layer"] for r in rows]
-    title = f"{a.label}: {Path(dir_a).name} vs {Path(dir_b).name}"
+    title = f"{a.label}: {run_name(dir_a)} vs {run_name(dir_b)}"
     files = {
         "json": str(write_json(result, out / "similarity.json")),
         "markdown": str(write_markdown_table(
@@ -145,7 +152,7 @@ def run_dynamics(dir_before: str | Path, dir_after: str | Path, out_dir: str | P
         metrics["dM"]["dW"] = col("dM_dW")
         metrics["dD"]["dW"] = col("dD_dW")
     keys = ["sim_A", "sim_B", "dM_A", "dD_A", "dM_B", "dD_B", "dM_dW", "dD_dW"]
-    title = f"{before.label}: {Path(dir_before).name} -> {Path(dir_after).name}"
+    title = f"{before.label}: {run_name(dir_before)} -> {run_name(dir_after)}"
     files = {
         "json": str(write_json(result, out / "dynamics.json")),
         "markdown": str(write_markdown_table(

@@ -30,6 +30,8 @@ __all__ = [
     "plot_gradient_conflicts",
 ]
 
+from .adapter_files import layer_order_key  # noqa: E402
+
 _LAYER_RE = re.compile(r"layers?\.(\d+)\.")
 
 
@@ -115,9 +117,9 @@ def plot_similarity_panels(
     if not panels:
         raise ValueError("no panels to plot")
     out = _prepare(out_png)
-    width = max(5.0, 0.35 * max(len(p[1]) for p in panels))
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
-    for ax, (title, layers, sim_A, sim_B) in zip(axes[0], panels):
+    width = min(16.0, max(6.0, 0.2 * max(len(p[1]) for p in panels)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.0 * len(panels)), squeeze=False)
+    for ax, (title, layers, sim_A, sim_B) in zip(axes[:, 0], panels):
         _check_lengths(layers, sim_A=sim_A, sim_B=sim_B)
         x = np.arange(len(layers))
         ax.bar(x - 0.2, _values(sim_A), 0.4, label="A", color="#4C72B0")
@@ -157,10 +159,11 @@ def plot_dynamics(
     labels = {"sim": "similarity (before vs after)", "dM": "magnitude change ΔM", "dD": "direction change ΔD"}
     colours = {"A": "#4C72B0", "B": "#DD8452", "dW": "#55A868"}
     out = _prepare(out_png)
-    width = max(4.5, 0.25 * len(layers))
-    fig, axes = plt.subplots(1, len(order), figsize=(width * len(order), 3.4), squeeze=False)
+    # panels stacked, one per measure: with many layers, side-by-side panels become unreadably wide
+    width = min(16.0, max(6.0, 0.18 * len(layers)))
+    fig, axes = plt.subplots(len(order), 1, figsize=(width, 2.8 * len(order)), squeeze=False, sharex=True)
     x = np.arange(len(layers))
-    for ax, key in zip(axes[0], order):
+    for ax, key in zip(axes[:, 0], order):
         for factor, vals in metrics[key].items():
             _check_lengths(layers, **{f"{key}[{factor}]": vals})
             ax.plot(x, _values(vals), marker="o", ms=3, label=factor, color=colours.get(factor))
@@ -203,6 +206,7 @@ def plot_gradient_conflicts(
                 seen.add(str(rec["layer"]))
                 all_layers.append(str(rec["layer"]))
         per_series[label] = (by_step, by_layer)
+    all_layers.sort(key=layer_order_key)
     n_series = len(per_series)
     bar_w = 0.8 / n_series
     x = np.arange(len(all_layers))
