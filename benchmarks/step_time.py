@@ -53,8 +53,26 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_step(model, optimizer, ids, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def row(variant: str, batch: int, seq: int, times: list[float], peak, steps: int) -> dict:
+    return {"variant": variant, "batch": batch, "seq": seq, "median_ms": statistics.median(times),
+            "p10_ms": sorted(times)[len(times) // 10], "peak_mem_gib": peak, "steps": steps}
+
+
 def measure(variant: str, shape: dict, batch: int, seq: int, device: str, dtype: torch.dtype,
             targets: list[str], steps: int, warmup: int) -> dict:
+    """One variant alone on the device, so that its peak memory is its own."""
     torch.manual_seed(0)
     model, optimizer = build(variant, shape, device, dtype, targets)
     model.train()
@@ -62,22 +80,29 @@ def measure(variant: str, shape: dict, batch: int, seq: int, device: str, dtype:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + steps):
-        sync(device)
-        start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
+    times = [timed_step(model, optimizer, ids, device) for _ in range(warmup + steps)][warmup:]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     del model, optimizer
-    return {"variant": variant, "batch": batch, "seq": seq, "median_ms": statistics.median(times),
-            "p10_ms": sorted(times)[len(times) // 10], "peak_mem_gib": peak, "steps": steps}
+    return row(variant, batch, seq, times, peak, steps)
+
+
+def measure_interleaved(variants: list[str], shape: dict, batch: int, seq: int, device: str,
+                        dtype: torch.dtype, targets: list[str], steps: int, warmup: int) -> list[dict]:
+    """All variants built side by side and stepped in turn (A B C D A B C D ...): on a shared CPU,
+    a change in background load then hits every variant alike, and the ratios stay fair."""
+    built = {}
+    for v in variants:
+        torch.manual_seed(0)
+        model, optimizer = build(v, shape, device, dtype, targets)
+        built[v] = (model.train(), optimizer)
+    ids = torch.randint(0, shape["vocab"], (batch, seq), device=device)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for i in tqdm(range(warmup + steps), desc=f"{batch}x{seq} interleaved", file=sys.stderr):
+        for v in variants:
+            t = timed_step(*built[v], ids, device)
+            if i >= warmup:
+                times[v].append(t)
+    return [row(v, batch, seq, times[v], None, steps) for v in variants]
 
 
 def device_name(device: str) -> str:
@@ -99,7 +124,8 @@ def add_ratios(rows: list[dict]) -> None:
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Training step time: {meta['device']}", "",
              f"Model: random Llama, {meta['shape']}, {meta['dtype']}, targets {','.join(meta['targets'])}; "
-             f"median of {meta['steps']} steps after {meta['warmup']} warm-up steps.", "",
+             f"median of {meta['steps']} steps after {meta['warmup']} warm-up steps, {meta['timing']}. "
+             "Every variant keeps its adapters in the base dtype.", "",
              "| variant | batch x seq | median ms | vs PEFT LoRA | vs floor | peak GiB | mem vs LoRA |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -119,7 +145,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default=None, help="batch x seq list, e.g. 4x256,8x1024")
     parser.add_argument("--variants", default="floor,peft_lora,alora,hydralora")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--sequential", action="store_true",
+                        help="on the CPU, time variants one after another instead of interleaved")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     if cuda:
         shape = dict(hidden=4096, layers=4, ff=11008, heads=32, kv_heads=32, vocab=32000)
@@ -132,12 +163,17 @@ def main(argv=None) -> int:
     variants = args.variants.split(",")
     rows = []
     for batch, seq in runs:
-        for variant in tqdm(variants, desc=f"{batch}x{seq}", file=sys.stderr):
-            rows.append(measure(variant, shape, batch, seq, args.device, dtype, targets, steps, args.warmup))
+        if cuda or args.sequential:
+            for variant in tqdm(variants, desc=f"{batch}x{seq}", file=sys.stderr):
+                rows.append(measure(variant, shape, batch, seq, args.device, dtype, targets, steps, args.warmup))
+        else:
+            rows.extend(measure_interleaved(variants, shape, batch, seq, args.device, dtype, targets, steps,
+                                            args.warmup))
     add_ratios(rows)
     meta = {"device": device_name(args.device), "shape": shape, "dtype": str(dtype).replace("torch.", ""),
             "targets": targets, "steps": steps, "warmup": args.warmup, "torch": torch.__version__,
-            "peft": peft.__version__}
+            "peft": peft.__version__,
+            "timing": "sequential" if cuda or args.sequential else "interleaved (variants stepped in turn)"}
     tag = "cuda" if cuda else "cpu"
     out = Path(args.out) if args.out else RESULTS / f"step_time-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

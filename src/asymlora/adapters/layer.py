@@ -243,11 +243,12 @@ class RoutedLayer(AdapterLayer):
         if gates is not None:
             if self.gate_sink is not None:
                 self.gate_sink(self, adapter_name, gates.detach())
-            gates = gates.to(h.dtype)
-            if self.routed_side == "A":  # mix the n expert projections into one r-vector
-                h = torch.matmul(gates.unsqueeze(-2), h.unflatten(-1, (n, r))).squeeze(-2)
-            else:  # weight one r-vector per head, so B's GEMM sums over heads
-                h = (gates.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)
+            # Both methods in one line: weight the (n_A, r) projections by the n gates (n_A = 1
+            # broadcasts, so HydraLoRA's single A feeds every head), then let one GEMM against the
+            # (d_out, n*r) stack of B's sum over experts. ALoRA's stack is its one B, repeated.
+            h = (h.unflatten(-1, (-1, r)) * gates.to(h.dtype).unsqueeze(-1)).flatten(-2)
+            if B.shape[1] != h.shape[-1]:
+                B = B.repeat(1, n)
         return F.linear(h, B) * self.scaling[adapter_name]
 
     def lora_factors(self, adapter_name: str, gate: Optional[Any] = None) -> tuple[torch.Tensor, torch.Tensor]:
