@@ -71,6 +71,41 @@ def _conflicts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gates(args: argparse.Namespace) -> int:
+    """Figure 6 from a trained run: each test prompt's mean gate at one routed layer, t-SNE, by task."""
+    import torch
+
+    from ..data.records import group_by_task, load_examples, load_task_dir
+    from ..data.templates import get_template
+    from ..data.tokenize import MultiTaskCollator, encode_prompt
+    from ..train.trainer import load_trained
+    from .gates import gate_map
+
+    if bool(args.data_dir) == bool(args.data):
+        raise ValueError("give the evaluation data as --data-dir DIR or one or more --data FILE")
+    if args.data_dir:
+        examples = load_task_dir(args.data_dir, args.split)
+    else:
+        examples = []
+        for spec in args.data:  # FILE or TASK=FILE, as for `asymlora train`
+            task, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+            examples += load_examples(path, task=task or None)
+    by_task = group_by_task(examples)
+    examples = [ex for task in sorted(by_task) for ex in by_task[task][: args.max_per_task]]
+    model, tokenizer, run = load_trained(args.adapter)
+    template = get_template(run.get("training", {}).get("template", "alpaca_short"), tokenizer)
+    names = sorted(by_task)
+    features = [{"input_ids": encode_prompt(tokenizer, template, ex)[-args.cutoff_len:],
+                 "task_id": names.index(ex.task)} for ex in examples]
+    collate = MultiTaskCollator(tokenizer.pad_token_id)
+    batches = [collate(features[i:i + args.batch_size]) for i in range(0, len(features), args.batch_size)]
+    with torch.no_grad():
+        files = gate_map(model, batches, args.out, task_names=names, layer=args.layer)
+    print(f"gates of {len(features)} prompts from {len(names)} tasks")
+    _print_files(files)
+    return 0
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `analyze {similarity,dynamics,conflicts}` to an argparse subparsers object."""
     analyze = subparsers.add_parser(
@@ -78,7 +113,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="why sharing B works: similarity, learning dynamics, gradient conflicts (paper Figures 1-3)",
         description="Compare saved adapters (safetensors) layer by layer, or plot recorded gradient conflicts.",
     )
-    sub = analyze.add_subparsers(dest="analyze_command", metavar="{similarity,dynamics,conflicts}")
+    sub = analyze.add_subparsers(dest="analyze_command", metavar="{similarity,dynamics,conflicts,gates}")
     sub.required = True
 
     p = sub.add_parser("similarity", help="layer-wise subspace similarity of A and of B between two runs (Figure 1)")
@@ -98,4 +133,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="gradient_conflicts.json files written during training")
     p.add_argument("--out", default="runs/analysis/conflicts", help="output directory (default: %(default)s)")
     p.set_defaults(func=_conflicts)
+    p = sub.add_parser("gates", help="t-SNE of per-prompt gate activations coloured by task (Figure 6)")
+    p.add_argument("adapter", metavar="RUN", help="a run directory written by `asymlora train` (or its adapter/)")
+    p.add_argument("--data-dir", help="a task folder (FLAN or LLM-Adapters layout)")
+    p.add_argument("--data", action="append", default=[], metavar="[TASK=]FILE",
+                   help="a JSON/JSONL file (repeatable); TASK= names its task when records carry none")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--max-per-task", type=int, default=50)
+    p.add_argument("--layer", default=None, help="routed layer to map (default: the last one, as in the paper)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cutoff-len", type=int, default=256)
+    p.add_argument("--out", default="runs/analysis/gates", help="output directory (default: %(default)s)")
+    p.set_defaults(func=_gates)
     return analyze
