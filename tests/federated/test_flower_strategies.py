@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from asymlora.federated.flower.apps import build_client_app
-from asymlora.federated.flower.records import WireError, from_record, record_numel, to_record
-from asymlora.federated.flower.strategies import STRATEGIES, make_strategy
-from asymlora.federated.keys import parse_key
-from asymlora.federated.results import formula_comm
-from asymlora.federated.session import payload_mode
+pytest.importorskip("flwr")
 
-from .flower_helpers import LoopbackGrid
-from .runtime_helpers import tiny_config
+from asymlora.federated.flower.apps import build_client_app  # noqa: E402
+from asymlora.federated.flower.records import WireError, from_record, record_numel, to_record  # noqa: E402
+from asymlora.federated.flower.strategies import STRATEGIES, make_strategy  # noqa: E402
+from asymlora.federated.keys import parse_key  # noqa: E402
+from asymlora.federated.results import formula_comm  # noqa: E402
+from asymlora.federated.session import payload_mode  # noqa: E402
+
+from .flower_helpers import LoopbackGrid  # noqa: E402
+from .runtime_helpers import tiny_config  # noqa: E402
 
 
 def run(cfg, n_nodes=None, grid=None, rounds=None):
