@@ -10,6 +10,7 @@ from asymlora.data.templates import ALPACA_SHORT, ChatTemplate
 from asymlora.data.tokenize import (
     IGNORE_INDEX,
     MultiTaskCollator,
+    PackingCollator,
     TaskMixSampler,
     encode_prompt,
     mix_examples,
@@ -164,3 +165,41 @@ def test_sampler_epochs_and_len():
     assert sum(len(b) for b in loader) == 10
     with pytest.raises(ValueError, match="unknown sampling strategy"):
         TaskMixSampler(tasks, "nope")
+
+
+def test_packing_collator_fills_rows_first_fit_decreasing():
+    feats = [
+        {"input_ids": [1, 2], "labels": [1, 2], "task_id": 0},            # 2 tokens
+        {"input_ids": [3, 4, 5, 6], "labels": [-100, -100, 5, 6], "task_id": 1},  # 4 tokens
+        {"input_ids": [7, 8, 9], "labels": [-100, 8, 9], "task_id": 2},   # 3 tokens
+        {"input_ids": [10], "labels": [10], "task_id": 0},                # 1 token
+    ]
+    c = PackingCollator(pad_token_id=0, row_len=5)
+    # longest first: 4 -> row 0 (1 left); 3 -> row 1 (2 left); 2 -> row 1 (0 left); 1 -> row 0
+    assert c.rows_of([2, 4, 3, 1]) == [[1, 3], [2, 0]]
+    b = c(feats)
+    assert b["input_ids"].tolist() == [[3, 4, 5, 6, 10], [7, 8, 9, 1, 2]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    # every example's first label is dropped (it would be predicted across the boundary)
+    assert b["labels"].tolist() == [[-100, -100, 5, 6, -100], [-100, 8, 9, -100, 2]]
+    assert b["task_ids"].tolist() == [0, 1, 2, 0]
+    assert "attention_mask" not in b and b["use_cache"] is False  # the position restarts are the boundaries
+
+    tail = PackingCollator(pad_token_id=0, row_len=6)([feats[2]])
+    assert tail["input_ids"].tolist() == [[7, 8, 9, 0, 0, 0]]
+    assert tail["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2]]  # padding is a block of its own
+    assert tail["labels"].tolist() == [[-100, 8, 9, -100, -100, -100]]
+
+
+def test_packing_collator_errors():
+    with pytest.raises(ValueError, match="row_len must be >= 1"):
+        PackingCollator(0, 0)
+    with pytest.raises(ValueError, match="pad_token_id is None"):
+        PackingCollator(None, 8)
+    c = PackingCollator(0, 3)
+    with pytest.raises(ValueError, match="feature 0 has 4 tokens, more than the row length 3"):
+        c([{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4], "task_id": 0}])
+    with pytest.raises(ValueError, match="feature 1 has no labels"):
+        c([{"input_ids": [1], "labels": [1], "task_id": 0}, {"input_ids": [2]}])
+    with pytest.raises(ValueError, match="empty batch"):
+        c([])

@@ -145,3 +145,13 @@ def test_train_from_a_comparison_config(tmp_path, capsys):
     assert rec["adapter_config"]["r"] == 4  # from the config's adapter section
     assert rec["training"]["max_steps"] == 3 and rec["training"]["learning_rate"] == 0.01  # flag over config
     assert rec["data"]["tasks"] == {"add": 4, "reverse": 4}
+
+
+def test_train_fast_path_flags(setup, capsys):
+    tmp, model = setup
+    assert _train(tmp, model, "alora", "--packing", "--loss-chunk-size", "8", "--cutoff-len", "64") == 0
+    training = json.loads((tmp / "alora" / "run.json").read_text())["training"]
+    assert training["packing"] is True and training["loss_chunk_size"] == 8 and training["torch_compile"] is False
+    assert _train(tmp, model, "adalora", "--loss-chunk-size", "8") == 2
+    assert "loss_chunk_size is not available with adalora" in capsys.readouterr().err
+    assert not (tmp / "adalora").exists()

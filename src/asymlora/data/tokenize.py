@@ -1,4 +1,5 @@
-"""Tokenisation with the loss on the response only, padding collators, and task-mixing samplers.
+"""Tokenisation with the loss on the response only, padding and packing collators, and task-mixing
+samplers.
 
 The prompt and the response are tokenised separately and concatenated. This keeps the boundary
 exact (no merge across it), and the prompt tokens are then the very tokens the model is given at
@@ -24,6 +25,7 @@ __all__ = [
     "tokenize_examples",
     "task_names_of",
     "MultiTaskCollator",
+    "PackingCollator",
     "task_weights",
     "task_quotas",
     "mixed_indices",
@@ -179,6 +181,92 @@ class MultiTaskCollator:
             batch["labels"] = torch.tensor(
                 [self._pad(f["labels"], length, self.label_pad_token_id) for f in features]
             )
+        if self.return_task_ids:
+            missing = [i for i, f in enumerate(features) if "task_id" not in f]
+            if missing:
+                raise KeyError(f"feature(s) {missing} have no 'task_id' (tokenize with a task list)")
+            batch["task_ids"] = torch.tensor([int(f["task_id"]) for f in features])
+        return batch
+
+
+class PackingCollator:
+    """Packs a batch's examples into rows of `row_len` tokens with no padding between them.
+
+    Why: with short responses most of a padded batch is padding; packing spends the compute on real
+    tokens only. Each example keeps positions 0..n-1 and attends only to itself: there is no
+    attention mask, and Transformers reads the restarts in `position_ids` as sequence boundaries
+    (a block-diagonal causal mask), so a packed batch gives the same loss as the padded one. Rows are
+    filled first-fit, longest example first; the tail of a row is padding that forms its own block
+    with label -100. An example's first label is dropped, as the shift of a padded batch drops it:
+    in a packed row it would be predicted from the end of the previous example. Rows have a fixed length, so `torch.compile` sees one shape per row count.
+    """
+
+    def __init__(self, pad_token_id: int, row_len: int, label_pad_token_id: int = IGNORE_INDEX,
+                 return_task_ids: bool = True) -> None:
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to eos)")
+        if row_len < 1:
+            raise ValueError(f"row_len must be >= 1, got {row_len}")
+        self.pad_token_id = int(pad_token_id)
+        self.row_len = int(row_len)
+        self.label_pad_token_id = label_pad_token_id
+        self.return_task_ids = return_task_ids
+
+    def rows_of(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of the examples in each row (first-fit decreasing)."""
+        rows: list[list[int]] = []
+        free: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+            n = lengths[i]
+            if n > self.row_len:
+                raise ValueError(f"feature {i} has {n} tokens, more than the row length {self.row_len}: "
+                                 "tokenise with cutoff_len <= the packing row length")
+            for r, space in enumerate(free):
+                if n <= space:
+                    rows[r].append(i)
+                    free[r] -= n
+                    break
+            else:
+                rows.append([i])
+                free.append(self.row_len - n)
+        return rows
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        for i, f in enumerate(features):
+            if "labels" not in f:
+                raise ValueError(f"feature {i} has no labels: packing is for training batches")
+            if len(f["labels"]) != len(f["input_ids"]):
+                raise ValueError(f"feature {i}: labels length {len(f['labels'])} != "
+                                 f"input_ids length {len(f['input_ids'])}")
+        ids, labels, positions = [], [], []
+        for row in self.rows_of([len(f["input_ids"]) for f in features]):
+            r_ids: list[int] = []
+            r_lab: list[int] = []
+            r_pos: list[int] = []
+            for i in row:
+                n = len(features[i]["input_ids"])
+                r_ids += list(features[i]["input_ids"])
+                # a label on an example's first token would be predicted from the previous example
+                r_lab += [self.label_pad_token_id] + list(features[i]["labels"])[1:]
+                r_pos += list(range(n))
+            tail = self.row_len - len(r_ids)
+            r_ids += [self.pad_token_id] * tail
+            r_lab += [self.label_pad_token_id] * tail
+            r_pos += list(range(tail))
+            ids.append(r_ids)
+            labels.append(r_lab)
+            positions.append(r_pos)
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor(ids),
+            "position_ids": torch.tensor(positions),
+            "labels": torch.tensor(labels),
+            # Transformers reads the boundaries from position_ids only when no KV cache is made
+            "use_cache": False,
+        }
         if self.return_task_ids:
             missing = [i for i, f in enumerate(features) if "task_id" not in f]
             if missing:

@@ -134,6 +134,7 @@ _TRAIN_FLAGS = {  # flag -> (TrainConfig field, type)
     "seed": ("seed", int), "save_steps": ("save_steps", int), "logging_steps": ("logging_steps", int),
     "report_to": ("report_to", str), "precision": ("precision", str), "sampling": ("sampling", str),
     "template": ("template", str), "warmup_steps": ("warmup_steps", int),
+    "loss_chunk_size": ("loss_chunk_size", int),
 }
 _ADAPTER_FLAGS = {"r": ("r", int), "alpha": ("lora_alpha", float), "num_experts": ("num_experts", int),
                   "dropout": ("lora_dropout", float)}
@@ -154,6 +155,9 @@ def _add_train(sub: Any) -> None:
     for flag, (_, tp) in {**_TRAIN_FLAGS, **_ADAPTER_FLAGS}.items():
         p.add_argument("--" + flag.replace("_", "-"), type=tp, dest=flag)
     p.add_argument("--train-on-prompt", action="store_true", help="put the loss on the prompt tokens too")
+    p.add_argument("--packing", action="store_true",
+                   help="pack each batch's examples into rows of --cutoff-len tokens (no cross-example attention)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_guard("train")(_run_train))
 
@@ -197,8 +201,9 @@ def _run_train(args: argparse.Namespace) -> int:
             adapter[key] = getattr(args, flag)
     if args.targets:
         adapter["target_modules"] = args.targets
-    if args.train_on_prompt:
-        training["train_on_prompt"] = True
+    for flag, key in (("train_on_prompt", "train_on_prompt"), ("packing", "packing"), ("compile", "torch_compile")):
+        if getattr(args, flag):
+            training[key] = True
     if args.no_progress:
         training["progress"] = False
     config = TrainConfig.from_dict(training, "training")

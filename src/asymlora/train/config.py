@@ -119,6 +119,11 @@ class TrainConfig:
     train_on_prompt: bool = False
     gradient_checkpointing: bool = False
     torch_compile: bool = False
+    # Speed (same loss): pack each batch's examples into rows of cutoff_len tokens without
+    # cross-example attention; make logits only where there are labels, this many tokens at a time
+    # (0: the model's own loss over every position).
+    packing: bool = False
+    loss_chunk_size: int = 0
     progress: bool = True
     extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field
 
@@ -126,6 +131,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "cutoff_len", "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss_chunk_size < 0:
+            raise ConfigError(f"loss_chunk_size must be >= 0 (0: off), got {self.loss_chunk_size}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.max_steps <= 0 and self.num_epochs <= 0:

@@ -4,7 +4,9 @@ Mixed precision, gradient accumulation, `accelerate launch` / `torchrun`, checkp
 `report_to` all come from the library; this module adds only what multi-task adapters need: a
 task-mixing sampler with a deterministic order (so a resumed run sees the same batches), removal of
 `task_ids` before the model's forward, AdaLoRA's per-step rank allocation, a guard against resuming
-another method's checkpoint, and a `run.json` beside the saved adapter.
+another method's checkpoint, and a `run.json` beside the saved adapter. Two opt-in speed-ups keep the
+loss of the plain path: `packing` (rows of several examples, no attention across them) and
+`loss_chunk_size` (logits only where there are labels, a chunk at a time; see `loss.py`).
 
 Layout of `out_dir`: `checkpoints/checkpoint-<step>/` (the Trainer's), `adapter/` (the final adapter,
 safetensors), `run.json` (method, adapter and training settings, data, seed, metrics).
@@ -27,8 +29,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data.records import Example
-from ..data.tokenize import MultiTaskCollator, TaskMixSampler, tokenize_examples
+from ..data.tokenize import MultiTaskCollator, PackingCollator, TaskMixSampler, tokenize_examples
 from .config import ConfigError, TrainConfig
+from .loss import install_chunked_loss
 from .methods import METHOD_LABELS, make_peft_config
 
 __all__ = [
@@ -319,6 +322,9 @@ def train(
 
     if method not in METHOD_LABELS:
         raise ValueError(f"unknown method {method!r}; known methods: {sorted(METHOD_LABELS)}")
+    if method == "adalora" and config.loss_chunk_size:
+        raise ConfigError("loss_chunk_size is not available with adalora: PEFT adds AdaLoRA's orthogonality "
+                          "penalty to the model's own loss (set loss_chunk_size: 0)")
     # checks on the output folder come first: they are cheap, loading a model is not
     if resume:
         _check_previous_run(out, method, config)
@@ -386,6 +392,11 @@ def train(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "status": "running",
     }
+    loss_func, restore_head = None, None
+    if config.loss_chunk_size:
+        loss_func, restore_head = install_chunked_loss(model, config.loss_chunk_size)
+    collator = (PackingCollator(tokenizer.pad_token_id, config.cutoff_len) if config.packing
+                else MultiTaskCollator(tokenizer.pad_token_id))
     cbs = [_RunRecordAtStart(out / RUN_FILE, run), *callbacks]
     if method == "adalora":
         cbs.append(AdaLoraAllocationCallback())
@@ -393,13 +404,18 @@ def train(
         model=model,
         args=_training_arguments(config, ckpt_root),
         train_dataset=features,
-        data_collator=MultiTaskCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         callbacks=cbs,
         sampling=config.sampling,
         temperature=config.temperature,
+        compute_loss_func=loss_func,
     )
     started = time.time()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        if restore_head is not None:
+            restore_head()  # the returned model generates with its real LM head
     adapter_dir = out / ADAPTER_DIR
     run.update(
         status="done",
