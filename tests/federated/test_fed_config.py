@@ -80,6 +80,21 @@ def test_fingerprint_ignores_rounds_but_not_the_method():
     assert a.fingerprint() != FederatedConfig(**{**BASE, "method": "fedsa"}).fingerprint()
 
 
+def test_feddpa_weighting_options_are_checked_and_kept_out_of_the_fingerprint():
+    dpa = {**BASE, "method": "feddpa"}
+    assert FederatedConfig(**dpa).feddpa_weighting == "dynamic"          # the default
+    with pytest.raises(ConfigError, match="feddpa_weighting: expected one of dynamic, fixed, got 'equal'"):
+        FederatedConfig(**dpa, feddpa_weighting="equal")
+    with pytest.raises(ConfigError, match=r"feddpa_similarity_scale: must be in \[0, 1\], got 2"):
+        FederatedConfig.from_dict({**dpa, "feddpa_similarity_scale": 2})
+    with pytest.raises(ConfigError, match="feddpa_reference_size: must be a positive integer, got 0"):
+        FederatedConfig(**dpa, feddpa_reference_size=0)
+    cfg = FederatedConfig(**dpa, feddpa_weighting="fixed", feddpa_reference_size=5, feddpa_similarity_scale=1.0)
+    assert FederatedConfig.from_run_config(cfg.to_run_config()) == cfg
+    # evaluation-only: a finished run can be re-scored either way, and older runs still resume
+    assert cfg.fingerprint() == FederatedConfig(**dpa).fingerprint()
+
+
 def test_shipped_configs_parse():
     from pathlib import Path
 

@@ -108,6 +108,10 @@ def test_measured_traffic_equals_the_formula(tmp_path, model_dir, method, ranks)
     assert record["comm"]["download_params"] == formula["download_params"]
     if method == "feddpa":   # the paper counts FedDPA twice; the table shows both
         assert summary["params_m_paper_convention"] == pytest.approx(2 * summary["params_m_measured"])
+        # evaluated with instance-wise weights (the default), recorded per client
+        for c in summary["clients"].values():
+            assert 0.0 <= c["feddpa_local_weight_min"] <= c["feddpa_local_weight_mean"] <= c["feddpa_local_weight_max"] <= 1.0
+        assert "FedDPA, instance-wise weighting" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_crash_nan_and_timeout_are_rejected_and_the_round_goes_on(tmp_path, model_dir, caplog):

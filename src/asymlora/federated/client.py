@@ -1,8 +1,8 @@
 """One federated client in plain torch, whatever engine drives it.
 
 A client owns a PEFT model of its own rank, its own data, and a node-local directory holding its
-private state (A, M, B0, its own B for FedSA, FedDPA's local adapter, FLoRA's merged base deltas)
-as safetensors. Every change is written atomically before the client answers, so a client process
+private state (A, M, B0, its own B for FedSA, FedDPA's local adapter and the representations of
+its local sample, FLoRA's merged base deltas) as safetensors. Every change is written atomically before the client answers, so a client process
 can die at any point and the next one (a restarted SuperNode, a fresh ClientApp process per
 message, a resumed local run) carries on from the same state. Nothing in that directory is ever
 sent: only `method.client_upload` leaves the client.
@@ -361,6 +361,9 @@ class EvalOutcome:
     per_task: dict[str, float]
     num_examples: int
     records: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    """FedDPA with dynamic weighting: the local adapter's weight over the test instances
+    (`feddpa_local_weight_mean`, `_min`, `_max`)."""
 
     @property
     def score(self) -> float:
@@ -386,6 +389,7 @@ class FederatedClient:
         self._merged: dict[str, torch.Tensor] = {}
         self._train: Optional[list[Example]] = None
         self._test: Optional[list[Example]] = None
+        self._feddpa_references: Optional[torch.Tensor] = None
         self._applied = self.store.load("applied")
         if self._applied is None:
             self._applied = self._initial_snapshot()
@@ -526,10 +530,54 @@ class FederatedClient:
 
         model = self._ensure_model()
         test = list(examples) if examples is not None else self.examples()[1]
-        result = evaluate_examples(model, self._tokenizer, test, template=get_template(self.cfg.template, self._tokenizer),
-                                   predictions_path=predictions_path, batch_size=self.cfg.eval_batch_size,
-                                   max_new_tokens=self.cfg.max_new_tokens, progress=False)
+        template = get_template(self.cfg.template, self._tokenizer)
+
+        def run() -> Any:
+            return evaluate_examples(model, self._tokenizer, test, template=template,
+                                     predictions_path=predictions_path, batch_size=self.cfg.eval_batch_size,
+                                     max_new_tokens=self.cfg.max_new_tokens, progress=False)
+
+        if self.cfg.method == "feddpa" and self.cfg.feddpa_weighting == "dynamic":
+            from .feddpa_inference import InstanceAdapterWeights
+
+            references = self.feddpa_references()
+            with InstanceAdapterWeights(model, references, scale=self.cfg.feddpa_similarity_scale) as weighting:
+                result = run()
+            metrics = {f"feddpa_local_weight_{k}": v for k, v in weighting.summary().items() if k != "count"}
+            return EvalOutcome(dict(result.per_task), len(test), result.records, metrics)
+        result = run()
         return EvalOutcome(dict(result.per_task), len(test), result.records)
+
+    def feddpa_references(self) -> torch.Tensor:
+        """(K, hidden): FedDPA's stored sample of this client's training prompts, represented by
+        the frozen base model. Computed once (the base never changes) from a seeded sample and kept
+        in the client's private directory; it never leaves the node."""
+        if self._feddpa_references is not None:
+            return self._feddpa_references
+        from .feddpa_inference import REPRESENTATION, reference_representations
+
+        path = self.store.root / "feddpa_reference.safetensors"
+        train, _ = self.examples()
+        k = min(int(self.cfg.feddpa_reference_size), len(train))
+        chosen = sorted(torch.randperm(len(train), generator=generator(self.cfg.seed, self.client_id, 7))[:k].tolist())
+        settings = {"representation": REPRESENTATION, "model": self.cfg.model, "template": self.cfg.template,
+                    "examples": [train[i].id for i in chosen]}
+        if path.exists():
+            tensors, meta = read_safetensors(path)
+            if meta.get("identity") != self.store.identity:
+                raise ClientStateError(
+                    f"{path} belongs to another run or client ({meta.get('identity')}), not to "
+                    f"{self.store.identity}; point state_dir elsewhere or delete it")
+            if meta.get("settings") == settings and "references" in tensors:
+                self._feddpa_references = tensors["references"]
+                return self._feddpa_references
+            log.info("client %d: %s was made with other settings; recomputing it", self.client_id, path)
+        model = self._ensure_model()
+        refs = reference_representations(model, self._tokenizer, get_template(self.cfg.template, self._tokenizer),
+                                         [train[i] for i in chosen], batch_size=self.cfg.eval_batch_size)
+        atomic_save({"references": refs}, path, {"identity": self.store.identity, "settings": settings})
+        self._feddpa_references = refs
+        return refs
 
     def _pad_id(self) -> int:
         tok = self._tokenizer

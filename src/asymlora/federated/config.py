@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
+from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,13 @@ class FederatedConfig:
     eval_every: int = field(default=1, metadata=_help("evaluate every N rounds (the last always)"))
     max_new_tokens: int = field(default=32, metadata=_help("generation length at evaluation"))
     eval_batch_size: int = field(default=8, metadata=_help("generation batch size"))
+    feddpa_weighting: str = field(
+        default="dynamic", metadata=_help("FedDPA at evaluation: dynamic (each test instance weights the global and "
+                                          "local adapters by its similarity to the client's data) or fixed (1 and 1)"))
+    feddpa_reference_size: int = field(
+        default=16, metadata=_help("FedDPA: local training prompts whose representations are stored per client"))
+    feddpa_similarity_scale: float = field(
+        default=DEFAULT_SIMILARITY_SCALE, metadata=_help("FedDPA: local weight = this x mean cosine similarity"))
     state_dir: Optional[str] = field(default=None, metadata=_help("clients' private state; default output_dir/clients"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:0, ..."))
     progress: bool = field(default=True, metadata=_help("tqdm progress bars"))
@@ -83,7 +91,7 @@ class FederatedConfig:
             if len(self.ranks) not in (1, self.num_clients):
                 raise ConfigError(f"ranks: {len(self.ranks)} ranks given for num_clients {self.num_clients}")
         for name in ("d_m", "rounds", "batch_size", "grad_accum", "cutoff_len", "min_clients", "eval_every",
-                     "max_new_tokens", "eval_batch_size"):
+                     "max_new_tokens", "eval_batch_size", "feddpa_reference_size"):
             _positive_int(getattr(self, name), name)
         for name in ("max_local_steps", "max_train_examples", "max_eval_examples"):
             if getattr(self, name) is not None:
@@ -98,6 +106,10 @@ class FederatedConfig:
             raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
         if self.client_timeout is not None and float(self.client_timeout) <= 0:
             raise ConfigError(f"client_timeout: must be > 0 seconds, got {self.client_timeout!r}")
+        if self.feddpa_weighting not in WEIGHTINGS:
+            raise ConfigError(f"feddpa_weighting: expected one of {', '.join(WEIGHTINGS)}, got {self.feddpa_weighting!r}")
+        if not 0.0 <= float(self.feddpa_similarity_scale) <= 1.0:
+            raise ConfigError(f"feddpa_similarity_scale: must be in [0, 1], got {self.feddpa_similarity_scale!r}")
         if not self.targets:
             raise ConfigError("targets: no modules to adapt")
         if self.min_clients > self.n_clients:
@@ -150,7 +162,8 @@ class FederatedConfig:
         """What a checkpoint must agree with to be resumed (run-shaping fields only)."""
         keep = {k: v for k, v in self.to_dict().items()
                 if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
-                             "rounds", "eval_every", "client_timeout")}
+                             "rounds", "eval_every", "client_timeout")
+                and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- (de)serialisation ---------------------------------------------------------------
@@ -230,7 +243,7 @@ def _positive_int(value: Any, name: str) -> None:
 def _coerce(key: str, value: Any, source: str) -> Any:
     """YAML and Flower's run config give ints where floats are meant and strings for lists."""
     if key in ("lr", "weight_decay", "local_epochs", "fraction", "lora_dropout", "lora_alpha", "client_timeout",
-               "round_timeout", "connect_timeout"):
+               "round_timeout", "connect_timeout", "feddpa_similarity_scale"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -248,7 +261,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: ranks: expected integers, got {value!r}") from None
     if key == "targets" and isinstance(value, str):
         return [t.strip() for t in value.split(",") if t.strip()]
-    if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir") and value is not None \
+    if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir",
+               "feddpa_weighting") and value is not None \
             and not isinstance(value, str):
         raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
     return value

@@ -122,7 +122,8 @@ class LocalEngine:
                 continue
             finally:
                 client.release()
-            out[str(cid)] = {"score": res.score, "per_task": res.per_task, "num_examples": res.num_examples}
+            out[str(cid)] = {"score": res.score, "per_task": res.per_task, "num_examples": res.num_examples,
+                             **res.metrics}
         return out
 
     def _write(self, state: ServerState) -> dict[str, Any]:

@@ -44,7 +44,8 @@ def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
     clients: dict[str, Any] = {}
     if last:
         for cid, e in sorted(last["eval"].items(), key=lambda kv: int(kv[0])):
-            clients[cid] = {"tasks": sorted(e["per_task"]), "score": e["score"], "per_task": e["per_task"]}
+            clients[cid] = {"tasks": sorted(e["per_task"]), "score": e["score"], "per_task": e["per_task"],
+                            **{k: v for k, v in e.items() if k.startswith("feddpa_")}}
     comm_rounds = [h["comm"] for h in history if h.get("comm")]
     full = [h["comm"] for h in history if h.get("comm") and len(h.get("accepted", [])) == cfg.n_clients]
     measured = (full or comm_rounds)
@@ -98,6 +99,12 @@ def markdown(cfg: FederatedConfig, summary: Mapping[str, Any], history: Sequence
         lines.append(f"| {h['round']} | {','.join(map(str, h.get('participants', [])))} | "
                      f"{','.join(map(str, h.get('accepted', [])))} | {rej} | "
                      f"{_fmt(sum(losses) / len(losses) if losses else None, 3)} | {_fmt(avg)} |")
+    weighted = {cid: c for cid, c in clients.items() if "feddpa_local_weight_mean" in c}
+    if weighted:
+        lines.append("\nFedDPA, instance-wise weighting: the local adapter's weight per test instance (training "
+                     "weight 1; the global adapter's is 2 minus it), mean (min-max) per client: "
+                     + "; ".join(f"c{cid} {c['feddpa_local_weight_mean']:.3f} ({c['feddpa_local_weight_min']:.3f}-"
+                                 f"{c['feddpa_local_weight_max']:.3f})" for cid, c in weighted.items()) + ".")
     for note in summary.get("formula_notes", []):
         lines.append(f"\nNote: {note}.")
     return "\n".join(lines) + "\n"

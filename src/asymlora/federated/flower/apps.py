@@ -120,7 +120,8 @@ def build_client_app(defaults: Optional[Mapping[str, Any]] = None, mods: Optiona
             client.release()
         metrics = MetricRecord({PARTITION_ID: client.client_id, NUM_EXAMPLES: res.num_examples,
                                 APPLIED_ROUND: client.applied_round, SCORE: res.score,
-                                **{TASK_SCORE + t: float(s) for t, s in res.per_task.items()}})
+                                **{TASK_SCORE + t: float(s) for t, s in res.per_task.items()},
+                                **{k: float(v) for k, v in res.metrics.items()}})
         return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
     return app

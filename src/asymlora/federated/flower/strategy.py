@@ -222,7 +222,8 @@ class FederatedStrategy(Strategy):
                 continue
             self.state.mark_applied(pid, int(m[APPLIED_ROUND]))
             per_task = {k[len(TASK_SCORE):]: float(v) for k, v in m.items() if k.startswith(TASK_SCORE)}
-            evals[str(pid)] = {"score": float(m[SCORE]), "per_task": per_task, "num_examples": int(m[NUM_EXAMPLES])}
+            evals[str(pid)] = {"score": float(m[SCORE]), "per_task": per_task, "num_examples": int(m[NUM_EXAMPLES]),
+                               **{k: float(v) for k, v in m.items() if k.startswith("feddpa_")}}
         if self._record is not None:
             self._record["eval"] = dict(sorted(evals.items(), key=lambda kv: int(kv[0])))
         if not evals:
