@@ -1,16 +1,24 @@
-"""Training throughput (tokens/s) of `asymlora.train.train` on SmolLM2-135M's shape.
+"""Training throughput (tokens/s) of `asymlora.train.train` on SmolLM2-135M's shape, plain vs fast path.
 
-Runs the real training path (Transformers' Trainer, our collator and sampler) on a randomly
-initialised Llama with SmolLM2-135M's config (weights do not change the cost of a step), with
-full-length random sequences so that every position is a token. Timed over the optimiser steps after
-the warm-up, by a callback around each step. Variants: PEFT LoRA r=16 and our ALoRA / HydraLoRA
-(n=3, r=8), targets q_proj,v_proj, eager or `torch.compile`.
+Runs the real training path (Transformers' Trainer, our collators and sampler) on a randomly
+initialised Llama with SmolLM2-135M's config (weights do not change the cost of a step). Paths:
 
-    python benchmarks/throughput.py --device cpu --batch 2 --seq 128 --steps 6
+- plain: right-padded batches, the model's own loss (logits at every position);
+- fast: `packing=True` (each batch's examples packed into rows of `--seq` tokens, no attention across
+  examples) and `loss_chunk_size` (logits only where there are labels, 4096 tokens at a time).
+
+Data: `synthetic` (every example cut to exactly `--seq` tokens, labels on nearly all of them: the
+issue's 64 x 512 set-up, where packing cannot help) or a FLAN folder (`--data ../shared/data/flan8-crossdomain`:
+real lengths, loss on the response only). tokens/s counts real (non-padding) tokens: the mean tokens
+per example of the data x batch / median step time, timed over the steps after the warm-up.
+Every row also has the first losses, so that the fast path can be seen to follow the plain one
+(with dropout 0, the two are the same computation up to float rounding).
+
+    python benchmarks/throughput.py --device cpu --batch 4 --seq 256 --steps 4 --data ../shared/data/flan8-crossdomain
     python benchmarks/throughput.py --device cuda --batch 64 --seq 512 --steps 30 --compile
 
-Writes benchmarks/results/throughput-<device>.json (rows: variant, compile, batch, seq, tokens_per_s,
-median_step_ms, final_loss) and a Markdown table beside it.
+Writes benchmarks/results/throughput-<device>-<data>.json and .md; ratios are against PEFT LoRA on
+the plain eager path measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from asymlora.data.records import Example
+from asymlora.data.records import Example, load_task_dir
+from asymlora.data.tokenize import tokenize_examples
 
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)
+PATHS = {"plain": {}, "fast": {"packing": True, "loss_chunk_size": 4096}}
 
 
 class StepTimer(TrainerCallback):
@@ -50,15 +60,15 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def _examples(n: int, seq: int, seed: int) -> list[Example]:
+def synthetic_examples(n: int, seq: int, seed: int) -> list[Example]:
     """Texts long enough that every example is cut to exactly `seq` tokens."""
     g = torch.Generator().manual_seed(seed)
     words = lambda k: " ".join(str(int(x)) for x in torch.randint(0, 10 ** 6, (k,), generator=g))  # noqa: E731
     return [Example(f"bench/{i}", f"t{i % 4}", words(seq // 8), "", words(seq)) for i in range(n)]
 
 
-def run(variant: str, compile_: bool, batch: int, seq: int, steps: int, warmup: int, device: str,
-        tokenizer) -> dict:
+def run(variant: str, path: str, compile_: bool, examples: list[Example], batch: int, seq: int, steps: int,
+        warmup: int, device: str, tokenizer, tokens_per_example: float) -> dict:
     from asymlora.train import train
     from asymlora.train.config import TrainConfig
 
@@ -67,29 +77,31 @@ def run(variant: str, compile_: bool, batch: int, seq: int, steps: int, warmup: 
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2)).to(dtype).to(device)
     config = TrainConfig(max_steps=warmup + steps, batch_size=batch, grad_accum=1, cutoff_len=seq,
                          learning_rate=1e-4, logging_steps=1, save_steps=10 ** 6, progress=False,
-                         torch_compile=compile_, template="alpaca_short")
+                         torch_compile=compile_, template="alpaca_short", **PATHS[path])
     timer = StepTimer()
-    examples = _examples(batch * (warmup + steps), seq, 0)
     with tempfile.TemporaryDirectory() as tmp:
         res = train(model, tokenizer, examples, variant, Path(tmp) / variant, config=config, callbacks=[timer],
-                    adapter={"target_modules": ["q_proj", "v_proj"]})
+                    adapter={"target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0})
         losses = [h["loss"] for h in res.log_history if "loss" in h]
     timed = timer.times[warmup:] if len(timer.times) > warmup else timer.times
-    del res
+    del res, model
     med = statistics.median(timed)
-    return {"variant": variant, "compile": compile_, "batch": batch, "seq": seq, "steps_timed": len(timed),
-            "median_step_ms": round(med * 1000, 1), "tokens_per_s": round(batch * seq / med, 1),
-            "final_loss": round(losses[-1], 4) if losses else None}
+    return {"variant": variant, "path": path, "compile": compile_, "batch": batch, "seq": seq,
+            "steps_timed": len(timed), "median_step_ms": round(med * 1000, 1),
+            "tokens_per_s": round(batch * tokens_per_example / med, 1),
+            "first_losses": [round(x, 4) for x in losses[:3]]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--seq", type=int, default=128, help="cut-off length (and packed row length)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", default="lora,alora,hydralora")
+    ap.add_argument("--paths", default="plain,fast")
+    ap.add_argument("--data", default="synthetic", help="'synthetic' or a FLAN-layout folder")
     ap.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
@@ -102,20 +114,46 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    n = args.batch * (args.warmup + args.steps)
+    if args.data == "synthetic":
+        examples, data_tag = synthetic_examples(n, args.seq, 0), "synthetic"
+    else:
+        pool = load_task_dir(args.data, "train")
+        g = torch.Generator().manual_seed(0)
+        examples = [pool[int(i)] for i in torch.randperm(len(pool), generator=g)[:n]]
+        data_tag = Path(args.data).name
+    feats, _ = tokenize_examples(examples, tokenizer, "alpaca_short", args.seq)
+    tokens_per_example = sum(len(f["input_ids"]) for f in feats) / len(feats)
+    labelled = sum(sum(x != -100 for x in f["labels"]) for f in feats) / sum(len(f["input_ids"]) for f in feats)
+    print(f"{data_tag}: {tokens_per_example:.1f} tokens per example (cut-off {args.seq}), "
+          f"{100 * labelled:.0f}% of them with a label")
+
     rows = []
     for compile_ in ([False, True] if args.compile else [False]):
         for v in args.variants.split(","):
-            row = run(v, compile_, args.batch, args.seq, args.steps, args.warmup, args.device, tokenizer)
-            print(json.dumps(row))
-            rows.append(row)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+            for path in args.paths.split(","):
+                row = run(v, path, compile_, examples, args.batch, args.seq, args.steps, args.warmup, args.device,
+                          tokenizer, tokens_per_example)
+                print(json.dumps(row))
+                rows.append(row)
+    ref = next((r for r in rows if r["variant"] == "lora" and r["path"] == "plain" and not r["compile"]), None)
+    for r in rows:
+        r["vs_lora_plain_eager"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3) if ref else None
+    device = (torch.cuda.get_device_name() if args.device == "cuda"
+              else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if args.device == "cuda" else "cpu"
-    (out / f"throughput-{tag}.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2) + "\n")
-    lines = [f"Training throughput through asymlora.train (Trainer), SmolLM2-135M shape, q_proj+v_proj, {device}", "",
-             "| variant | compile | batch x seq | median step (ms) | tokens/s |", "|---|---|---|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['compile']} | {r['batch']} x {r['seq']} | {r['median_step_ms']} | {r['tokens_per_s']} |"
+    tag = f"{'cuda' if args.device == 'cuda' else 'cpu'}-{data_tag}"
+    meta = {"device": device, "data": args.data, "tokens_per_example": round(tokens_per_example, 1),
+            "labelled_fraction": round(labelled, 3), "torch": torch.__version__}
+    (out / f"throughput-{tag}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"Training throughput through asymlora.train (Trainer), SmolLM2-135M shape (random weights), "
+             f"q_proj+v_proj, {device}, data {data_tag} ({tokens_per_example:.0f} tokens per example, "
+             f"{100 * labelled:.0f}% labelled), torch {torch.__version__}", "",
+             "| variant | path | compile | batch x cut-off | median step (ms) | tokens/s | vs LoRA plain eager | first losses |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    lines += [f"| {r['variant']} | {r['path']} | {r['compile']} | {r['batch']} x {r['seq']} | {r['median_step_ms']} | "
+              f"{r['tokens_per_s']} | {r['vs_lora_plain_eager']} | {', '.join(map(str, r['first_losses']))} |"
               for r in rows]
     (out / f"throughput-{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -121,6 +121,15 @@ def tokenize_examples(
     return features, names
 
 
+def _task_ids(features: Sequence[Mapping[str, Any]]) -> Any:
+    import torch
+
+    missing = [i for i, f in enumerate(features) if "task_id" not in f]
+    if missing:
+        raise KeyError(f"feature(s) {missing} have no 'task_id' (tokenize with a task list)")
+    return torch.tensor([int(f["task_id"]) for f in features])
+
+
 class MultiTaskCollator:
     """Pads a list of features to one batch and carries `task_ids`.
 
@@ -182,10 +191,7 @@ class MultiTaskCollator:
                 [self._pad(f["labels"], length, self.label_pad_token_id) for f in features]
             )
         if self.return_task_ids:
-            missing = [i for i, f in enumerate(features) if "task_id" not in f]
-            if missing:
-                raise KeyError(f"feature(s) {missing} have no 'task_id' (tokenize with a task list)")
-            batch["task_ids"] = torch.tensor([int(f["task_id"]) for f in features])
+            batch["task_ids"] = _task_ids(features)
         return batch
 
 
@@ -268,10 +274,7 @@ class PackingCollator:
             "use_cache": False,
         }
         if self.return_task_ids:
-            missing = [i for i, f in enumerate(features) if "task_id" not in f]
-            if missing:
-                raise KeyError(f"feature(s) {missing} have no 'task_id' (tokenize with a task list)")
-            batch["task_ids"] = torch.tensor([int(f["task_id"]) for f in features])
+            batch["task_ids"] = _task_ids(features)
         return batch
 
 
