@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import asymlora.evaluate  # noqa: F401  (asymlora.metrics alone hits a circular import, reported)
 from asymlora.metrics import delta_m
 from asymlora.train.compare import compare, load_compare_config
 from asymlora.train.config import ConfigError

@@ -7,7 +7,6 @@ Each config is a `peft.PeftConfig`: it serialises to `adapter_config.json` and i
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -53,13 +52,11 @@ class _LowRankConfig(PeftConfig):
     @classmethod
     def from_user_file(cls, path: str | Path) -> "_LowRankConfig":
         """Strict loader for user-written config files: unknown keys are an error, not silently dropped."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        from ..files import read_settings
+
+        data = read_settings(path, "config file")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected an object of settings, got {type(data).__name__}")
         return cls.from_dict_strict(data, source=str(path))
 
     @classmethod

@@ -8,13 +8,14 @@ Supported: PEFT LoRA (also what `export_lora` writes), ALoRA and HydraLoRA.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
+
+from ..files import read_settings
 
 __all__ = ["AdapterFileError", "LayerFactors", "AdapterFactors", "load_adapter_factors", "check_comparable"]
 
@@ -72,10 +73,7 @@ def _read_config(path: Path) -> dict:
         raise FileNotFoundError(f"adapter directory not found: {path}")
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path}: not a saved adapter directory")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    cfg = read_settings(cfg_path, CONFIG_FILE, AdapterFileError)
     if not isinstance(cfg, dict):
         raise AdapterFileError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
     return cfg

@@ -163,15 +163,10 @@ def save_conflicts(records: list[dict[str, Any]], out_dir: str | Path, label: st
 
 def load_conflicts(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
     """(label, records) from a gradient_conflicts.json written by `save_conflicts`."""
-    import json
+    from ..files import read_settings
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"gradient-conflict file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_settings(path, "gradient-conflict file")
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ValueError(f"{path}: expected an object with a 'records' list (written by save_conflicts)")
     for i, rec in enumerate(data["records"]):

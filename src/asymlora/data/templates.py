@@ -6,7 +6,6 @@ object is used for training and for generation, so both see exactly the same pro
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,13 +176,10 @@ BUILTIN_TEMPLATES: dict[str, PromptTemplate] = {"alpaca_short": ALPACA_SHORT}
 
 def load_template(path: str | Path) -> PromptTemplate:
     """Read a template JSON file with the alpaca fields (prompt_input, prompt_no_input, response_split)."""
+    from ..files import read_settings
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"template file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise TemplateError(f"{path}: malformed JSON at line {err.lineno} ({err.msg})") from err
+    data = read_settings(path, "template file", TemplateError)
     try:
         return PromptTemplate.from_dict(data, name=path.stem)
     except TemplateError as err:

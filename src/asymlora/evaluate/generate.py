@@ -9,8 +9,6 @@ fresh and atomically, one JSON object per line with the id, never appended to an
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any
 from ..data.records import Example, check_unique_ids
 from ..data.templates import Template, get_template
 from ..data.tokenize import MultiTaskCollator, encode_prompt
+from ..files import write_text_atomic
 from .scoring import KindSpec, score_examples
 
 __all__ = [
@@ -145,20 +144,7 @@ def write_predictions(path: str | Path, records: Iterable[Mapping[str, Any]]) ->
             raise ValueError(f"prediction record {i}: duplicate id {rec['id']!r}")
         seen.add(rec["id"])
         rows.append(json.dumps(dict(rec), ensure_ascii=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(row + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, "".join(row + "\n" for row in rows))
 
 
 def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..metrics import average, delta_m
 
 __all__ = ["results_summary", "markdown_table", "plot_task_scores", "write_results"]
 
@@ -42,6 +41,8 @@ def results_summary(
 
     `baseline` names the single-task row; None (or a name not in `results`) leaves Delta m% out.
     """
+    from ..metrics import average, delta_m  # here: asymlora.metrics re-exports this package
+
     order = _task_order(results, baseline, tasks)
     has_base = baseline is not None and baseline in results
     if baseline is not None and not has_base:

@@ -174,15 +174,10 @@ class CompareConfig:
 
 def load_compare_config(path: Union[str, Path]) -> CompareConfig:
     """Read and validate a comparison YAML; relative file paths are taken from the config's folder."""
-    import yaml
+    from ..files import read_settings
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"comparison config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_settings(path, "comparison config", ConfigError)
     cfg = from_dict_strict(CompareConfig, data, str(path))
     base = path.resolve().parent
 
@@ -327,7 +322,6 @@ def run_comparison(
     order = [t.name for t in tasks]
     kinds = {t.name: t.kind for t in tasks}
     all_train = [e for t in tasks for e in t.train]
-    all_test = [e for t in tasks for e in t.test]
 
     # (row, method, run-key examples, config, tasks evaluated with it)
     plan: list[tuple[str, Optional[str], list[Example], TrainConfig, list[TaskData]]] = []

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data.records import Example
 from ..data.tokenize import MultiTaskCollator, PackingCollator, TaskMixSampler, tokenize_examples
+from ..files import to_jsonable, write_json_atomic
 from .config import ConfigError, TrainConfig
 from .loss import install_chunked_loss
 from .methods import METHOD_LABELS, make_peft_config
@@ -123,7 +123,7 @@ class _RunRecordAtStart(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if state.is_world_process_zero:
-            _write_json_atomic(self.path, self.run)
+            write_json_atomic(self.path, self.run)
         return control
 
 
@@ -146,32 +146,8 @@ def data_fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (set, frozenset, tuple)):
-        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-    if hasattr(value, "value"):  # enums (PeftType, TaskType)
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
 def _peft_dict(config: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(config.to_dict(), default=_jsonable))
+    return json.loads(json.dumps(config.to_dict(), default=to_jsonable))
 
 
 def read_run(out_dir: Union[str, Path]) -> dict[str, Any]:
@@ -426,7 +402,7 @@ def train(
     )
     if trainer.args.should_save:
         model.save_pretrained(str(adapter_dir), safe_serialization=True)
-        _write_json_atomic(out / RUN_FILE, run)
+        write_json_atomic(out / RUN_FILE, run)
     return TrainResult(model, tokenizer, list(trainer.state.log_history), adapter_dir, run, names)
 
 

@@ -1,0 +1,93 @@
+"""Reading the files users write and writing the files we leave behind, in one place.
+
+Why one place: every user-written file (adapter configs, prompt templates, comparison and federated
+YAMLs, recorded analysis JSON) must fail the same way when it is missing or malformed, naming the
+file and the line; and every file we write must appear whole or not at all (a run killed mid-write
+must not leave a truncated JSON that the next run trusts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = ["read_settings", "atomic_path", "write_json_atomic", "write_text_atomic", "to_jsonable"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def read_settings(path: PathLike, what: str = "config file", error: type[Exception] = ValueError) -> Any:
+    """The parsed content of a JSON or YAML file (by its suffix; JSON otherwise).
+
+    A missing file is a FileNotFoundError naming `what`; malformed or empty content is `error` naming
+    the file and, where the parser knows it, the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in _YAML_SUFFIXES:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise error(f"{path}: malformed YAML{where} ({problem})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}: malformed JSON at line {exc.lineno} ({exc.msg})") from None
+    if data is None:
+        raise error(f"{path}: the file is empty")
+    return data
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Fallback for json.dump: sets (sorted), tuples, enums (PeftType) and paths become plain values."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "value"):
+        return value.value
+    return str(value)
+
+
+def write_json_atomic(path: PathLike, data: Any, default: Callable[[Any], Any] = to_jsonable,
+                      **dump_kwargs: Any) -> Path:
+    dump_kwargs.setdefault("indent", 2)
+    return write_text_atomic(path, json.dumps(data, default=default, **dump_kwargs) + "\n")

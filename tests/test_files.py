@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from enum import Enum
+
+import pytest
+
+from asymlora.files import atomic_path, read_settings, write_json_atomic
+
+
+class Custom(ValueError):
+    pass
+
+
+def test_read_settings_json_and_yaml(tmp_path):
+    (tmp_path / "a.json").write_text('{"r": 8, "targets": ["q_proj"]}')
+    (tmp_path / "a.yaml").write_text("r: 8\ntargets: [q_proj]\n")
+    assert read_settings(tmp_path / "a.json") == read_settings(tmp_path / "a.yaml") == {"r": 8, "targets": ["q_proj"]}
+
+
+def test_read_settings_names_the_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"template file not found: .*nope\.json"):
+        read_settings(tmp_path / "nope.json", "template file")
+    (tmp_path / "bad.json").write_text('{\n  "r": 8,\n  "alpha": \n}')
+    with pytest.raises(Custom, match=r"bad\.json: malformed JSON at line 4"):
+        read_settings(tmp_path / "bad.json", error=Custom)
+    (tmp_path / "bad.yml").write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(ValueError, match=r"bad\.yml: malformed YAML at line \d"):
+        read_settings(tmp_path / "bad.yml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(ValueError, match=r"empty\.yaml: the file is empty"):
+        read_settings(tmp_path / "empty.yaml")
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one_never_half(tmp_path):
+    target = tmp_path / "sub" / "run.json"
+    write_json_atomic(target, {"a": 1})
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"a": 2, "trunc')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["run.json"]  # no temporary left behind
+
+
+def test_write_json_atomic_converts_sets_tuples_enums_and_paths(tmp_path):
+    class Kind(Enum):
+        A = "alora"
+
+    out = write_json_atomic(tmp_path / "x.json", {"s": {"v", "q"}, "t": (1, 2), "k": Kind.A, "p": tmp_path})
+    assert json.loads(out.read_text()) == {"s": ["q", "v"], "t": [1, 2], "k": "alora", "p": str(tmp_path)}
