@@ -1,23 +1,18 @@
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from asymlora.train.commands import register
+from asymlora.cli import main
 
 from .test_compare import _config, _model_dir, _write_tasks
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="asymlora")
-    parser.add_argument("--traceback", action="store_true")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 @pytest.fixture
@@ -116,7 +111,7 @@ def test_demo_on_a_tiny_model(tmp_path, capsys):
     assert run(["demo", "--model", str(model), "--steps", "2", "--n-train", "4", "--n-test", "2",
                 "--tasks", "uppercase,add", "--methods", "lora,alora", "--out", str(tmp_path / "demo"),
                 "--threads", "1", "--no-progress"]) == 0
-    out = capsys.readouterr().out + capsys.readouterr().err
+    capsys.readouterr()
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert list(res["methods"]) == ["Base", "LoRA", "ALoRA"] and res["baseline"] == "LoRA"
     assert res["tasks"] == ["uppercase", "add"] and res["meta"]["wall_seconds"] > 0

@@ -1,38 +1,18 @@
 """CLI subcommands of the training area: demo, train, evaluate, compare, export.
 
 `register(subparsers)` adds them to an argparse parser; each handler takes the parsed arguments and
-returns an exit code. Mistakes in the input (a missing file, a bad key, a wrong gate) print one line
-to stderr and return 2; `--traceback` on the main parser shows the whole traceback instead.
+returns an exit code. Mistakes in the input (a missing file, a bad key, a wrong gate) raise; `asymlora.cli`
+turns them into one line on stderr and exit code 2 (`--traceback` shows the whole traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-__all__ = ["register", "USER_ERRORS"]
-
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, TypeError)
-
-
-def _guard(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        @functools.wraps(fn)
-        def run(args: argparse.Namespace) -> int:
-            try:
-                return int(fn(args) or 0)
-            except USER_ERRORS as exc:
-                if getattr(args, "traceback", False):
-                    raise
-                message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-                print(f"asymlora {name}: error: {message}", file=sys.stderr)
-                return 2
-        return run
-    return wrap
+__all__ = ["register"]
 
 
 def _csv(text: str) -> list[str]:
@@ -115,7 +95,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m", help="base model (default smollm2-135m)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_guard("demo")(_run_demo))
+    p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -159,7 +139,7 @@ def _add_train(sub: Any) -> None:
                    help="pack each batch's examples into rows of --cutoff-len tokens (no cross-example attention)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_guard("train")(_run_train))
+    p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -236,7 +216,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--template", help="prompt template (default: the one the adapter was trained with)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_guard("evaluate")(_run_evaluate))
+    p.set_defaults(func=_run_evaluate)
 
 
 def _kinds(spec: Optional[str]) -> Any:
@@ -311,7 +291,7 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("config", metavar="CONFIG", help="comparison YAML (see configs/)")
     p.add_argument("--out", help="output folder (default: the config's output_dir)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_guard("compare")(_run_compare))
+    p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -338,7 +318,7 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--format", default="auto", help="record format of --mean-gate-data")
     p.add_argument("--max-examples", type=int, default=256, help="examples of --mean-gate-data to use")
     p.add_argument("--base-model", help="base model, if not the one recorded in run.json")
-    p.set_defaults(func=_guard("export")(_run_export))
+    p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
