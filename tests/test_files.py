@@ -25,11 +25,23 @@ def test_read_settings_names_the_file_and_line(tmp_path):
     with pytest.raises(Custom, match=r"bad\.json: malformed JSON at line 4"):
         read_settings(tmp_path / "bad.json", error=Custom)
     (tmp_path / "bad.yml").write_text("a: 1\nb: [1, 2\nc: 3\n")
-    with pytest.raises(ValueError, match=r"bad\.yml: malformed YAML at line \d"):
+    with pytest.raises(ValueError, match=r"bad\.yml: malformed YAML at line \d+, column \d+: .*"
+                                         r"\(while parsing a flow sequence at line 2\)"):
         read_settings(tmp_path / "bad.yml")
-    (tmp_path / "empty.yaml").write_text("# nothing\n")
-    with pytest.raises(ValueError, match=r"empty\.yaml: the file is empty"):
-        read_settings(tmp_path / "empty.yaml")
+    (tmp_path / "empty.json").write_text("  \n")
+    with pytest.raises(ValueError, match=r"empty\.json: the file is empty"):
+        read_settings(tmp_path / "empty.json")
+    (tmp_path / "comments.yaml").write_text("# nothing\n")
+    with pytest.raises(ValueError, match=r"comments\.yaml: holds no settings"):
+        read_settings(tmp_path / "comments.yaml")
+
+
+def test_format_by_suffix_yaml_otherwise_or_forced(tmp_path):
+    (tmp_path / "cmp.txt").write_text("model: smollm2-135m\nlr: 1.0e-3\n")
+    assert read_settings(tmp_path / "cmp.txt") == {"model": "smollm2-135m", "lr": 1e-3}
+    (tmp_path / "adapter.yaml").write_text('{"lora_dropout": 1e-05}')  # JSON under another name
+    assert read_settings(tmp_path / "adapter.yaml", fmt="json") == {"lora_dropout": 1e-05}
+    assert read_settings(tmp_path / "adapter.yaml") == {"lora_dropout": "1e-05"}  # YAML 1.1's float needs a dot
 
 
 def test_atomic_write_leaves_the_old_file_or_the_new_one_never_half(tmp_path):

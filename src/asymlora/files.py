@@ -14,41 +14,56 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Optional, Union
 
 __all__ = ["read_settings", "atomic_path", "write_json_atomic", "write_text_atomic", "to_jsonable"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def read_settings(path: PathLike, what: str = "config file", error: type[Exception] = ValueError) -> Any:
-    """The parsed content of a JSON or YAML file (by its suffix; JSON otherwise).
+def _yaml_error(exc: Exception) -> str:
+    """'at line L, column C: problem (while ... at line K)' from PyYAML's marks, in one line."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None or mark is None:
+        return "(" + " ".join(str(exc).split()) + ")"
+    text = f"at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and cmark is not None:
+        text += f" ({context} at line {cmark.line + 1})"
+    return text
 
-    A missing file is a FileNotFoundError naming `what`; malformed or empty content is `error` naming
-    the file and, where the parser knows it, the line.
+
+def read_settings(path: PathLike, what: str = "config file", error: type[Exception] = ValueError,
+                  fmt: Optional[Literal["json", "yaml"]] = None) -> Any:
+    """The parsed content of a JSON or YAML settings file.
+
+    `fmt` None: JSON for a `.json` name, YAML for anything else (YAML reads most JSON too). Pass
+    "json" where the file is JSON by convention (YAML would read `1e-05` as a string). A missing file
+    is a FileNotFoundError naming `what`; empty or malformed content is `error` naming the file and,
+    where the parser knows it, the line.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in _YAML_SUFFIXES:
+    if not text.strip():
+        raise error(f"{path}: the file is empty")
+    fmt = fmt or ("json" if path.suffix.lower() == ".json" else "yaml")
+    if fmt == "yaml":
         import yaml
 
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise error(f"{path}: malformed YAML{where} ({problem})") from None
+            raise error(f"{path}: malformed YAML {_yaml_error(exc)}") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise error(f"{path}: malformed JSON at line {exc.lineno} ({exc.msg})") from None
     if data is None:
-        raise error(f"{path}: the file is empty")
+        raise error(f"{path}: holds no settings (only null or comments)")
     return data
 
 

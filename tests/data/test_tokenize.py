@@ -191,6 +191,15 @@ def test_packing_collator_fills_rows_first_fit_decreasing():
     assert tail["labels"].tolist() == [[-100, 8, 9, -100, -100, -100]]
 
 
+def test_packed_rows_are_as_long_as_the_longest_example_so_never_larger_than_padding():
+    lengths = [3, 2, 2, 1]
+    feats = [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1)), "task_id": 0} for n in lengths]
+    b = PackingCollator(pad_token_id=0, row_len=512, pad_to_multiple_of=4)(feats)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 1], [1, 2, 1, 2]]  # rows of 4 = 3 rounded up to 4
+    assert b["input_ids"].numel() <= MultiTaskCollator(0)(feats)["input_ids"].numel()
+    assert PackingCollator(0, row_len=512, pad_to_multiple_of=8)(feats)["input_ids"].shape == (1, 8)
+
+
 def test_packing_collator_errors():
     with pytest.raises(ValueError, match="row_len must be >= 1"):
         PackingCollator(0, 0)

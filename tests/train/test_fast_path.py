@@ -56,6 +56,12 @@ def test_chunked_loss_bad_shapes_and_no_labels():
         chunked_causal_lm_loss(torch.zeros(1, 2, 4), torch.zeros(5, 4), torch.zeros(1, 2, dtype=torch.long), 0)
     none = torch.full((1, 3), -100)
     assert torch.isnan(chunked_causal_lm_loss(torch.zeros(1, 3, 4), torch.zeros(5, 4), none))
+    # a micro-batch whose only label is on the first token (never predicted): zero, and backward works
+    hidden = torch.randn(1, 3, 4, requires_grad=True)
+    only_first = torch.tensor([[2, -100, -100]])
+    loss = chunked_causal_lm_loss(hidden, torch.randn(5, 4), only_first, num_items_in_batch=4)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(hidden.grad, torch.zeros_like(hidden))
 
 
 def _alora_model(seed=0):
@@ -69,9 +75,11 @@ def _alora_model(seed=0):
 
 
 def _features(train_on_prompt=False):
+    """Six real examples and one twice as long, so that the short ones share rows."""
     train_ex, _ = helpers.tasks(n_train=3)
     feats, _ = tokenize_examples(train_ex[:6], helpers.tokenizer(), cutoff_len=48, train_on_prompt=train_on_prompt)
-    return feats
+    long = {k: feats[0][k] + feats[1][k] for k in ("input_ids", "attention_mask", "labels")}
+    return [{**long, "task_id": 0}, *feats]
 
 
 @pytest.mark.parametrize("train_on_prompt", [False, True])
@@ -80,7 +88,7 @@ def test_packed_batch_gives_the_padded_batch_loss_and_gradients(train_on_prompt)
     model = _alora_model()
     padded = MultiTaskCollator(0, return_task_ids=False)(feats)
     packed = PackingCollator(0, row_len=48 * 2, return_task_ids=False)(feats)
-    assert packed["input_ids"].numel() < padded["input_ids"].numel() * 2
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
     assert packed["input_ids"].shape[0] < len(feats)  # really several examples per row
 
     def loss_and_grads(batch):
@@ -120,7 +128,7 @@ def test_chunked_loss_refuses_heads_it_would_get_wrong():
         install_chunked_loss(model, 8)
     model = helpers.model()
     model.lm_head = nn.Sequential(model.lm_head)
-    with pytest.raises(ValueError, match="output layer is Sequential, not a linear LM head"):
+    with pytest.raises(ValueError, match=r"output layer is torch\.nn\.modules\.container\.Sequential, not a plain"):
         install_chunked_loss(model, 8)
     with pytest.raises(ConfigError, match="loss_chunk_size must be >= 0"):
         TrainConfig(loss_chunk_size=-1)
@@ -169,3 +177,43 @@ def test_compiled_fast_path_trains_like_eager(tmp_path):
     compiled = train(helpers.model(), helpers.tokenizer(), train_ex, "alora", tmp_path / "compiled",
                      torch_compile=True, **kw)
     torch.testing.assert_close(torch.tensor(_losses(compiled)), torch.tensor(_losses(eager)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_chunked_loss_under_bf16_mixed_precision_matches_the_plain_path(tmp_path, weights_dtype):
+    """The Trainer's autocast covers only the model's forward; the chunked head must run as the
+    model's own head would (bf16), whatever the weights' dtype."""
+    train_ex, _ = helpers.tasks(n_train=4)
+    kw = dict(max_steps=2, cutoff_len=64, adapter={"lora_dropout": 0.0}, precision="bf16", **FAST)
+    plain = train(helpers.model().to(weights_dtype), helpers.tokenizer(), train_ex, "alora", tmp_path / "p", **kw)
+    fast = train(helpers.model().to(weights_dtype), helpers.tokenizer(), train_ex, "alora", tmp_path / "f",
+                 loss_chunk_size=16, **kw)
+    # a float32 head instead of the bf16 one moves the loss by ~1e-4 here
+    torch.testing.assert_close(torch.tensor(_losses(fast)), torch.tensor(_losses(plain)), rtol=0, atol=1e-5)
+
+
+def test_fast_path_refusals(tmp_path):
+    train_ex, _ = helpers.tasks(n_train=2)
+    with pytest.raises(ConfigError, match="cannot apply label_smoothing_factor"):
+        train(helpers.model(), helpers.tokenizer(), train_ex, "lora", tmp_path / "a", max_steps=1, loss_chunk_size=8,
+              extra_args={"label_smoothing_factor": 0.1}, **FAST)
+    flash = helpers.model()
+    flash.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ConfigError, match="packing needs sdpa, eager or flex_attention; the model uses 'flash_attention_2'"):
+        train(flash, helpers.tokenizer(), train_ex, "lora", tmp_path / "b", max_steps=1, packing=True, **FAST)
+
+
+def test_head_is_restored_when_training_fails(tmp_path):
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            raise RuntimeError("boom")
+
+    train_ex, _ = helpers.tasks(n_train=2)
+    base = helpers.model()
+    head = base.lm_head
+    with pytest.raises(RuntimeError, match="boom"):
+        train(base, helpers.tokenizer(), train_ex, "lora", tmp_path / "r", max_steps=1, loss_chunk_size=8,
+              callbacks=[Boom()], **FAST)
+    assert base.lm_head is head

@@ -54,7 +54,7 @@ class _LowRankConfig(PeftConfig):
         """Strict loader for user-written config files: unknown keys are an error, not silently dropped."""
         from ..files import read_settings
 
-        data = read_settings(path, "config file")
+        data = read_settings(path, "config file", fmt="json")
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected an object of settings, got {type(data).__name__}")
         return cls.from_dict_strict(data, source=str(path))

@@ -73,7 +73,7 @@ def _read_config(path: Path) -> dict:
         raise FileNotFoundError(f"adapter directory not found: {path}")
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path}: not a saved adapter directory")
-    cfg = read_settings(cfg_path, CONFIG_FILE, AdapterFileError)
+    cfg = read_settings(cfg_path, CONFIG_FILE, AdapterFileError, fmt="json")
     if not isinstance(cfg, dict):
         raise AdapterFileError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
     return cfg

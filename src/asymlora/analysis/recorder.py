@@ -166,7 +166,7 @@ def load_conflicts(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
     from ..files import read_settings
 
     path = Path(path)
-    data = read_settings(path, "gradient-conflict file")
+    data = read_settings(path, "gradient-conflict file", fmt="json")
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ValueError(f"{path}: expected an object with a 'records' list (written by save_conflicts)")
     for i, rec in enumerate(data["records"]):

@@ -179,7 +179,7 @@ def load_template(path: str | Path) -> PromptTemplate:
     from ..files import read_settings
 
     path = Path(path)
-    data = read_settings(path, "template file", TemplateError)
+    data = read_settings(path, "template file", TemplateError, fmt="json")
     try:
         return PromptTemplate.from_dict(data, name=path.stem)
     except TemplateError as err:

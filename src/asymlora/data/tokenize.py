@@ -196,37 +196,49 @@ class MultiTaskCollator:
 
 
 class PackingCollator:
-    """Packs a batch's examples into rows of `row_len` tokens with no padding between them.
+    """Packs a batch's examples into rows with no padding between them.
 
     Why: with short responses most of a padded batch is padding; packing spends the compute on real
     tokens only. Each example keeps positions 0..n-1 and attends only to itself: there is no
     attention mask, and Transformers reads the restarts in `position_ids` as sequence boundaries
     (a block-diagonal causal mask), so a packed batch gives the same loss as the padded one. Rows are
-    filled first-fit, longest example first; the tail of a row is padding that forms its own block
-    with label -100. An example's first label is dropped, as the shift of a padded batch drops it:
-    in a packed row it would be predicted from the end of the previous example. Rows have a fixed length, so `torch.compile` sees one shape per row count.
+    as long as the batch's longest example (rounded up to `pad_to_multiple_of`, at most `row_len`), so
+    a packed batch is never larger than the padded one; they are filled first-fit, longest example
+    first, and the tail of a row is padding that forms its own block with label -100. An example's
+    first label is dropped, as the shift of a padded batch drops it: in a packed row it would be
+    predicted from the end of the previous example.
     """
 
     def __init__(self, pad_token_id: int, row_len: int, label_pad_token_id: int = IGNORE_INDEX,
-                 return_task_ids: bool = True) -> None:
+                 return_task_ids: bool = True, pad_to_multiple_of: int = 8) -> None:
         if pad_token_id is None:
             raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to eos)")
         if row_len < 1:
             raise ValueError(f"row_len must be >= 1, got {row_len}")
         self.pad_token_id = int(pad_token_id)
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.row_len = int(row_len)
         self.label_pad_token_id = label_pad_token_id
         self.return_task_ids = return_task_ids
+        self.pad_to_multiple_of = int(pad_to_multiple_of)
+
+    def length_of_rows(self, lengths: Sequence[int]) -> int:
+        longest = max(lengths)
+        if longest > self.row_len:
+            i = list(lengths).index(longest)
+            raise ValueError(f"feature {i} has {longest} tokens, more than the row length {self.row_len}: "
+                             "tokenise with cutoff_len <= the packing row length")
+        m = self.pad_to_multiple_of
+        return min(self.row_len, -(-longest // m) * m)
 
     def rows_of(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices of the examples in each row (first-fit decreasing)."""
+        row_len = self.length_of_rows(lengths)
         rows: list[list[int]] = []
         free: list[int] = []
         for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
             n = lengths[i]
-            if n > self.row_len:
-                raise ValueError(f"feature {i} has {n} tokens, more than the row length {self.row_len}: "
-                                 "tokenise with cutoff_len <= the packing row length")
             for r, space in enumerate(free):
                 if n <= space:
                     rows[r].append(i)
@@ -234,7 +246,7 @@ class PackingCollator:
                     break
             else:
                 rows.append([i])
-                free.append(self.row_len - n)
+                free.append(row_len - n)
         return rows
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -248,8 +260,10 @@ class PackingCollator:
             if len(f["labels"]) != len(f["input_ids"]):
                 raise ValueError(f"feature {i}: labels length {len(f['labels'])} != "
                                  f"input_ids length {len(f['input_ids'])}")
+        lengths = [len(f["input_ids"]) for f in features]
+        row_len = self.length_of_rows(lengths)
         ids, labels, positions = [], [], []
-        for row in self.rows_of([len(f["input_ids"]) for f in features]):
+        for row in self.rows_of(lengths):
             r_ids: list[int] = []
             r_lab: list[int] = []
             r_pos: list[int] = []
@@ -259,7 +273,7 @@ class PackingCollator:
                 # a label on an example's first token would be predicted from the previous example
                 r_lab += [self.label_pad_token_id] + list(features[i]["labels"])[1:]
                 r_pos += list(range(n))
-            tail = self.row_len - len(r_ids)
+            tail = row_len - len(r_ids)
             r_ids += [self.pad_token_id] * tail
             r_lab += [self.label_pad_token_id] * tail
             r_pos += list(range(tail))

@@ -25,9 +25,15 @@ __all__ = ["chunked_causal_lm_loss", "HiddenStatesHead", "ChunkedLossHead", "ins
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+                  targets: torch.Tensor, autocast_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    # The Trainer's mixed precision wraps only the model's forward, and its outputs come back as
+    # float32: the head must run as it would have inside that forward (autocast, or the weight's dtype).
+    if autocast_dtype is not None:
+        with torch.autocast(hidden.device.type, dtype=autocast_dtype):
+            logits = F.linear(hidden, weight, bias)
+    else:
+        logits = F.linear(hidden.to(weight.dtype), weight, bias)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def chunked_causal_lm_loss(
@@ -38,10 +44,12 @@ def chunked_causal_lm_loss(
     num_items_in_batch: Union[int, torch.Tensor, None] = None,
     bias: Optional[torch.Tensor] = None,
     ignore_index: int = IGNORE_INDEX,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy of `hidden` (batch, seq, d) through the head `weight` (vocab, d).
 
     `labels` (batch, seq) are aligned with the inputs (the shift happens here, as in Transformers).
+    `autocast_dtype`: the mixed-precision dtype the model's forward ran under, if any.
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be (batch, seq, d) and labels (batch, seq); got {tuple(hidden.shape)} "
@@ -54,13 +62,13 @@ def chunked_causal_lm_loss(
     keep = targets != ignore_index
     h = hidden[keep]
     y = targets[keep]
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = h.sum().float() * 0.0  # a zero that is still part of the graph when no position has a label
     for start in range(0, h.shape[0], chunk_size):
         h_c, y_c = h[start:start + chunk_size], y[start:start + chunk_size]
         if torch.is_grad_enabled() and (h_c.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_chunk_ce_sum, h_c, weight, bias, y_c, use_reentrant=False)
+            total = total + checkpoint(_chunk_ce_sum, h_c, weight, bias, y_c, autocast_dtype, use_reentrant=False)
         else:
-            total = total + _chunk_ce_sum(h_c, weight, bias, y_c)
+            total = total + _chunk_ce_sum(h_c, weight, bias, y_c, autocast_dtype)
     if num_items_in_batch is None:
         return total / keep.sum()  # 0/0 = NaN with no label, as Transformers' mean
     if torch.is_tensor(num_items_in_batch):
@@ -87,18 +95,21 @@ class HiddenStatesHead(nn.Module):
 class ChunkedLossHead:
     """The Trainer's `compute_loss_func` for a model whose head is a `HiddenStatesHead`."""
 
-    def __init__(self, stand_in: HiddenStatesHead, chunk_size: int) -> None:
+    def __init__(self, stand_in: HiddenStatesHead, chunk_size: int,
+                 autocast_dtype: Optional[torch.dtype] = None) -> None:
         self.stand_in = stand_in
         self.chunk_size = chunk_size
+        self.autocast_dtype = autocast_dtype
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         hidden = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         head = self.stand_in.head
         return chunked_causal_lm_loss(hidden, head.weight, labels, self.chunk_size, num_items_in_batch,
-                                      bias=head.bias)
+                                      bias=head.bias, autocast_dtype=self.autocast_dtype)
 
 
-def install_chunked_loss(model: nn.Module, chunk_size: int) -> tuple[ChunkedLossHead, Any]:
+def install_chunked_loss(model: nn.Module, chunk_size: int,
+                         autocast_dtype: Optional[torch.dtype] = None) -> tuple[ChunkedLossHead, Any]:
     """Swap `model`'s LM head for a pass-through; returns the loss function and an `undo()` callable.
 
     Refused where a plain linear head followed by cross-entropy is not the model's loss (logit
@@ -112,13 +123,14 @@ def install_chunked_loss(model: nn.Module, chunk_size: int) -> tuple[ChunkedLoss
             raise ValueError(f"loss_chunk_size: {type(base).__name__} applies {attr}={value} to its logits; "
                              "the chunked loss would skip it (set loss_chunk_size: 0)")
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"loss_chunk_size: {type(base).__name__}'s output layer is "
-                         f"{type(head).__name__}, not a linear LM head (set loss_chunk_size: 0)")
+    if type(head) is not nn.Linear:  # subclasses (quantised heads) compute something else
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        raise ValueError(f"loss_chunk_size: {type(base).__name__}'s output layer is {kind}, not a plain "
+                         "torch.nn.Linear LM head (set loss_chunk_size: 0)")
     stand_in = HiddenStatesHead(head)
     base.set_output_embeddings(stand_in)
 
     def undo() -> None:
         base.set_output_embeddings(head)
 
-    return ChunkedLossHead(stand_in, chunk_size), undo
+    return ChunkedLossHead(stand_in, chunk_size, autocast_dtype), undo

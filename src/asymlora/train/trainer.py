@@ -301,6 +301,9 @@ def train(
     if method == "adalora" and config.loss_chunk_size:
         raise ConfigError("loss_chunk_size is not available with adalora: PEFT adds AdaLoRA's orthogonality "
                           "penalty to the model's own loss (set loss_chunk_size: 0)")
+    if config.loss_chunk_size and config.extra_args.get("label_smoothing_factor", 0):
+        raise ConfigError("loss_chunk_size computes plain cross-entropy: it cannot apply label_smoothing_factor "
+                          "(set loss_chunk_size: 0)")
     # checks on the output folder come first: they are cheap, loading a model is not
     if resume:
         _check_previous_run(out, method, config)
@@ -317,6 +320,10 @@ def train(
         model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or None
     if isinstance(model, PeftModel):
         raise TypeError("train() adds the adapter itself: pass the base model, not a PeftModel")
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    if config.packing and "flash" in attn:
+        # flash kernels read packed boundaries from position_ids only for a single row
+        raise ConfigError(f"packing needs sdpa, eager or flex_attention; the model uses {attn!r}")
     if tokenizer is None:
         raise ValueError("a tokenizer is needed when the model is given as an object")
     if tokenizer.pad_token is None:
@@ -368,26 +375,31 @@ def train(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "status": "running",
     }
-    loss_func, restore_head = None, None
-    if config.loss_chunk_size:
-        loss_func, restore_head = install_chunked_loss(model, config.loss_chunk_size)
+    training_args = _training_arguments(config, ckpt_root)
+    if config.loss_chunk_size and training_args.n_gpu > 1:
+        raise ConfigError("loss_chunk_size with several GPUs in one process (DataParallel) would scale the loss "
+                          "by the GPU count: launch one process per GPU (torchrun / accelerate launch)")
     collator = (PackingCollator(tokenizer.pad_token_id, config.cutoff_len) if config.packing
                 else MultiTaskCollator(tokenizer.pad_token_id))
     cbs = [_RunRecordAtStart(out / RUN_FILE, run), *callbacks]
     if method == "adalora":
         cbs.append(AdaLoraAllocationCallback())
-    trainer = MultiTaskTrainer(
-        model=model,
-        args=_training_arguments(config, ckpt_root),
-        train_dataset=features,
-        data_collator=collator,
-        callbacks=cbs,
-        sampling=config.sampling,
-        temperature=config.temperature,
-        compute_loss_func=loss_func,
-    )
-    started = time.time()
+    loss_func, restore_head = None, None
     try:
+        if config.loss_chunk_size:
+            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(config.precision))
+            loss_func, restore_head = install_chunked_loss(model, config.loss_chunk_size, autocast_dtype=amp)
+        trainer = MultiTaskTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=features,
+            data_collator=collator,
+            callbacks=cbs,
+            sampling=config.sampling,
+            temperature=config.temperature,
+            compute_loss_func=loss_func,
+        )
+        started = time.time()
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         if restore_head is not None:
