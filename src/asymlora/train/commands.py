@@ -136,7 +136,7 @@ def _add_train(sub: Any) -> None:
         p.add_argument("--" + flag.replace("_", "-"), type=tp, dest=flag)
     p.add_argument("--train-on-prompt", action="store_true", help="put the loss on the prompt tokens too")
     p.add_argument("--packing", action="store_true",
-                   help="pack each batch's examples into rows of --cutoff-len tokens (no cross-example attention)")
+                   help="pack each batch's examples into rows as long as its longest example (no attention across examples)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
