@@ -98,7 +98,9 @@ def run_demo(
     base, tokenizer = load_model(model)
     config = TrainConfig(max_steps=steps, batch_size=batch_size, grad_accum=1, learning_rate=learning_rate,
                          cutoff_len=64, warmup_steps=min(5, steps // 4), logging_steps=max(1, steps // 8),
-                         save_steps=max(steps, 1), save_total_limit=1, seed=seed, progress=progress)
+                         save_steps=max(steps, 1), save_total_limit=1, seed=seed, progress=progress,
+                         # the fast path: same loss, 1.5x the tokens/s on the CPU (benchmarks/results)
+                         packing=True, loss_chunk_size=4096)
     eval_settings = EvalSettings(batch_size=25, max_new_tokens=12, heldout_loss=True)
     cfg_path = _write_task_files(out / "data", task_data, model, methods, config, eval_settings)
 
