@@ -154,3 +154,26 @@ def test_shipped_configs_are_valid(path):
         assert all(t.train and t.test for t in tasks)
         if cfg.max_test_per_task:
             assert all(len(t.test) <= cfg.max_test_per_task for t in tasks)
+
+
+def test_run_keys_of_older_caches_survive_new_speed_settings():
+    """A run cached before `packing` / `loss_chunk_size` existed keeps its key; setting them is a new run."""
+    import hashlib
+    import json
+
+    from asymlora.data.records import Example
+    from asymlora.train.compare import _run_key
+    from asymlora.train.config import TrainConfig
+    from asymlora.train.trainer import data_fingerprint
+
+    examples = [Example("t/0", "t", "Say hi.", "", "hi")]
+    config = TrainConfig(max_steps=3)
+    legacy_training = {k: v for k, v in config.to_dict().items()
+                       if k not in ("progress", "report_to", "save_steps", "save_total_limit", "logging_steps",
+                                    "packing", "loss_chunk_size")}
+    legacy = hashlib.sha256(json.dumps({"model": "m", "method": "alora", "adapter": {}, "training": legacy_training,
+                                        "data": data_fingerprint(examples)}, sort_keys=True, default=str)
+                            .encode()).hexdigest()[:12]
+    assert _run_key("m", "alora", {}, config, examples) == legacy
+    assert _run_key("m", "alora", {}, config.replace(packing=True), examples) != legacy
+    assert _run_key("m", "alora", {}, config.replace(loss_chunk_size=64), examples) != legacy

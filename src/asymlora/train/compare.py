@@ -265,10 +265,14 @@ def _hash(obj: Any) -> str:
 
 
 _NOT_RESULT_KEYS = ("progress", "report_to", "save_steps", "save_total_limit", "logging_steps")
+# Settings added after runs were first cached: they count only when set, so older caches stay valid.
+_LATER_KEYS = ("packing", "loss_chunk_size")
 
 
 def _run_key(model: str, method: str, adapter: dict, config: TrainConfig, examples: list[Example]) -> str:
-    training = {k: v for k, v in config.to_dict().items() if k not in _NOT_RESULT_KEYS}
+    defaults = TrainConfig().to_dict()
+    training = {k: v for k, v in config.to_dict().items()
+                if k not in _NOT_RESULT_KEYS and not (k in _LATER_KEYS and v == defaults[k])}
     return _hash({"model": model, "method": method, "adapter": adapter, "training": training,
                   "data": data_fingerprint(examples)})
 
