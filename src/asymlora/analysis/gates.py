@@ -6,13 +6,14 @@ by task; the paper reads clearer clusters for ALoRA (several A experts) than for
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..files import write_json_atomic
 
 __all__ = [
     "mean_gates",
@@ -127,7 +128,7 @@ def write_gate_json(features: np.ndarray | Tensor, labels: Sequence[str], out_js
     per_task = {
         task: [float(v) for v in X[lab_arr == task].mean(axis=0)] for task in sorted(set(lab_arr))
     }
-    out_json.write_text(json.dumps({**(extra or {}), "per_task_mean": per_task, "examples": rows}, indent=1))
+    write_json_atomic(out_json, {**(extra or {}), "per_task_mean": per_task, "examples": rows}, indent=1)
     return out_json
 
 

@@ -6,7 +6,6 @@ and returns its path.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -19,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ..files import write_json_atomic  # noqa: E402
 
 __all__ = [
     "short_layer_name",
@@ -71,9 +72,7 @@ def write_json(obj: Any, path: str | Path) -> Path:
             return [clean(v) for v in o]
         return o
 
-    out = _prepare(path)
-    out.write_text(json.dumps(clean(obj), indent=2) + "\n")
-    return out
+    return write_json_atomic(_prepare(path), clean(obj))
 
 
 def write_markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], path: str | Path,

@@ -3,11 +3,12 @@ their JSON form, and a grouped bar chart of per-task scores."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..files import write_json_atomic
 
 
 __all__ = ["results_summary", "markdown_table", "plot_task_scores", "write_results"]
@@ -168,7 +169,7 @@ def write_results(
         "markdown": out / f"{stem}.md",
         "chart": out / f"{stem}.png",
     }
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(paths["json"], summary)
     md = markdown_table(results, baseline, tasks, task_labels, higher_is_better)
     if title:
         md = f"# {title}\n\n" + md

@@ -8,9 +8,10 @@ turns them into one line on stderr and exit code 2 (`--traceback` shows the whol
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Optional
+
+from ..files import write_json_atomic
 
 __all__ = ["register"]
 
@@ -271,7 +272,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     kinds_used = {r["task"]: r["kind"] for r in result.records}
     scores = {"adapter": str(args.adapter_dir), "per_task": result.per_task, "average": result.average,
               "kinds": kinds_used, "n": {t: sum(1 for e in examples if e.task == t) for t in result.per_task}}
-    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "scores.json", scores)
     width = max(len(t) for t in result.per_task)
     for t, s in result.per_task.items():
         print(f"{t:<{width}}  {s:6.2f}  ({kinds_used[t]}, n={scores['n'][t]})")
@@ -355,8 +356,8 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError("a routed adapter needs a gate to export: give --gate w1,...,wn or --mean-gate-data FILE")
     out = export_lora(model, args.out_dir, gate=gate)
     if isinstance(gate, dict):
-        (out / "mean_gates.json").write_text(json.dumps({k: [round(float(x), 6) for x in v] for k, v in gate.items()},
-                                                        indent=1), encoding="utf-8")
+        write_json_atomic(out / "mean_gates.json", {k: [round(float(x), 6) for x in v] for k, v in gate.items()},
+                          indent=1)
     print(f"exported a plain LoRA adapter to {out}")
     return 0
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..data.records import Example, check_unique_ids, load_examples, load_task_dir
 from ..evaluate.scoring import TASK_KINDS, infer_task_kind
+from ..files import write_json_atomic
 from .config import ConfigError, TrainConfig, from_dict_strict
 from .methods import METHOD_LABELS, METHODS
 from .trainer import RUN_FILE, data_fingerprint, heldout_loss, load_trained, read_run, train
@@ -384,7 +385,8 @@ def run_comparison(
                                             eval_settings.batch_size)
                 loss = {"overall": overall, "per_task": per}
             if eval_file is not None:
-                eval_file.write_text(json.dumps({"per_task": per_task, "records": recs, "loss": loss}, indent=1))
+                # whole or absent: the next run trusts this cache
+                write_json_atomic(eval_file, {"per_task": per_task, "records": recs, "loss": loss}, indent=1)
         scores.setdefault(row, {}).update(per_task)
         records.setdefault(row, []).extend(recs)
         if loss is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..data.synthetic import DEMO_TASKS, make_demo_tasks
+from ..files import write_json_atomic
 from .compare import BASE, EvalSettings, TaskData, run_comparison
 from .config import TrainConfig
 from .methods import METHOD_LABELS, METHODS
@@ -114,8 +115,7 @@ def run_demo(
     )
     wall = time.time() - started
     summary["meta"]["wall_seconds"] = round(wall, 1)
-    Path(summary["files"]["json"]).write_text(json.dumps({k: v for k, v in summary.items() if k != "files"},
-                                                         indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(summary["files"]["json"], {k: v for k, v in summary.items() if k != "files"})
 
     losses = summary["meta"]["heldout_loss"]
     say("\nHeld-out loss (response tokens, test items never trained on):")
