@@ -100,7 +100,7 @@ def test_compare_end_to_end_and_cache(tmp_path):
     assert cached == {"Single": [True, True], "LoRA": [True], "ALoRA": [False]}
 
 
-def test_reference_and_base_rows(tmp_path):
+def test_reference_and_base_rows(tmp_path, monkeypatch):
     _write_tasks(tmp_path, names=("uppercase",), n_train=2, n_test=2)
     path = _config(tmp_path, tasks=[{"name": "uppercase", "train": "uppercase-train.json",
                                      "test": "uppercase-test.json", "metric": "rouge1"}],
@@ -110,6 +110,16 @@ def test_reference_and_base_rows(tmp_path):
     assert list(summary["methods"]) == ["Base", "ALoRA"] and summary["baseline"] == "Base"
     loss = summary["meta"]["heldout_loss"]
     assert set(loss) == {"Base", "ALoRA"} and loss["Base"]["overall"] > 0
+    # run again: the base model's evaluation is cached like every other row's, nothing is generated
+    import asymlora.evaluate.generate as generate
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(generate, "evaluate_examples", no_generation)
+    again = compare(path, out_dir=tmp_path / "out", progress=False, log=lambda s: None)
+    assert {m: e["scores"] for m, e in again["methods"].items()} == \
+        {m: e["scores"] for m, e in summary["methods"].items()}
 
 
 @pytest.mark.parametrize("change,message", [

@@ -348,8 +348,8 @@ def run_comparison(
         bar.set_postfix_str(label)
         test_ex = [e for t in eval_tasks for e in t.test]
         started = time.time()
-        if method is None:
-            model, run_dir, cached = base_model, None, False
+        if method is None:  # the base model: nothing to train, but its evaluation is cached too
+            model, run_dir, cached = base_model, cache / f"base-{_hash({'model': model_name})}", False
         else:
             overrides = {**adapter, **methods.get(method, {})} if row != SINGLE else dict(adapter)
             key = _run_key(model_name, method, overrides, config, train_ex)
