@@ -35,9 +35,12 @@ PAPER_T1 = {  # each client's model scored on all eight tasks (avg.)
     ("heterogeneous", "Sharing A (FedSA-LoRA*)"): [43.01, 41.58, 50.09, 38.34, 53.53, 24.82, 24.28, 50.41, 40.76],
     ("heterogeneous", "Sharing B (Fed-ALoRA)"): [48.38, 54.80, 58.30, 46.98, 62.15, 35.09, 31.80, 64.89, 50.30],
 }
-OURS = {"homogeneous": [("FedIT", "fedit-hom"), ("FedSA-LoRA", "fedsa-hom"), ("Fed-ALoRA", "fedalora-hom")],
-        "heterogeneous": [("ZeroPadding (FedIT, padded)", "zeropadding-het"), ("FedSA-LoRA*", "fedsa-het"),
-                          ("Fed-ALoRA", "fedalora-het")]}
+OURS = {"homogeneous": [("FedIT", "fedit-hom"), ("FedDPA (instance-wise weights)", "feddpa-hom"),
+                        ("FedSA-LoRA", "fedsa-hom"), ("Fed-ALoRA", "fedalora-hom")],
+        "heterogeneous": [("ZeroPadding (FedIT, padded)", "zeropadding-het"), ("FLoRA", "flora-het"),
+                          ("FedSA-LoRA*", "fedsa-het"), ("Fed-ALoRA", "fedalora-het")]}
+# extra rows under a run: the same trained clients re-scored with another setting (feddpa_weighting.py)
+RESCORED = {"feddpa-hom": [("FedDPA, the same clients, fixed weights (1, 1)", "weighting_fixed.json")]}
 
 
 def fmt(x) -> str:
@@ -64,6 +67,11 @@ def own_task_table(setting: str, paper: dict) -> list[str]:
         lines.append(row(label, [fmt(x) for x in scores] + [fmt(s["avg"]), fmt(s["params_m_measured"]),
                                                              fmt(s["params_m_formula"]),
                                                              str(s["rounds_completed"])]))
+        for extra, file in RESCORED.get(name, []):
+            if (RESULTS / name / file).exists():
+                r = json.loads((RESULTS / name / file).read_text())
+                scores = [r["clients"][str(i)]["score"] for i in range(8)]
+                lines.append(row(extra, [fmt(x) for x in scores] + [fmt(r["avg"]), "-", "-", "-"]))
     lines += ["", "The paper (LLaMA-2-7B):", "", row("Method", SHORT + ["Avg.", "Params.(M)"]), "|" + "---|" * 11]
     for name, vals in paper.items():
         lines.append(row(name, [fmt(v) for v in vals]))
@@ -88,11 +96,30 @@ def cross_task_table() -> list[str]:
     return lines
 
 
+def feddpa_cross_task_table() -> list[str]:
+    """FedDPA's clients on all eight tasks, instance-wise against fixed weights, and the local
+    adapter's mean weight on the client's own task against the other seven."""
+    dyn, fixed = RESULTS / "feddpa-hom" / "cross_task.json", RESULTS / "feddpa-hom" / "cross_task_fixed.json"
+    if not (dyn.exists() and fixed.exists()):
+        return ["not run"]
+    d, f = json.loads(dyn.read_text())["clients"], json.loads(fixed.read_text())["clients"]
+    lines = [row("", [f"Client {i + 1} ({SHORT[i]})" for i in range(8)] + ["Avg."]), "|" + "---|" * 10]
+    for label, res in (("instance-wise weights", d), ("fixed weights (1, 1)", f)):
+        vals = [res[str(i)]["avg_all_tasks"] for i in range(8)]
+        lines.append(row(label, [fmt(v) for v in vals] + [fmt(sum(vals) / 8)]))
+    own = [d[str(i)]["feddpa_local_weight_mean"][TASKS[i]] for i in range(8)]
+    other = [sum(v for t, v in d[str(i)]["feddpa_local_weight_mean"].items() if t != TASKS[i]) / 7 for i in range(8)]
+    lines.append(row("local weight, own task", [f"{w:.3f}" for w in own] + [f"{sum(own) / 8:.3f}"]))
+    lines.append(row("local weight, other tasks (mean)", [f"{w:.3f}" for w in other] + [f"{sum(other) / 8:.3f}"]))
+    return lines
+
+
 def main() -> None:
     out = ["## Homogeneous (rank 8), next to Table 4", ""] + own_task_table("homogeneous", PAPER_T4)
     out += ["", "## Heterogeneous (ranks 64,64,32,32,16,16,8,8, d_m 16), next to Table 5", ""]
     out += own_task_table("heterogeneous", PAPER_T5)
     out += ["", "## Each client on all eight tasks, next to Table 1", ""] + cross_task_table()
+    out += ["", "## FedDPA on all eight tasks", ""] + feddpa_cross_task_table()
     print("\n".join(out))
 
 

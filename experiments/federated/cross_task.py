@@ -2,6 +2,11 @@
 test records of all eight tasks (how much knowledge crossed between clients), first N per task.
 
     python experiments/federated/cross_task.py experiments/federated/cpu/fedalora-hom.yaml 8
+    python experiments/federated/cross_task.py experiments/federated/cpu/feddpa-hom.yaml 8 fixed
+
+FedDPA is scored one task at a time, so that the local adapter's instance-wise weight is recorded
+per task (its own task against the others); a third argument overrides `feddpa_weighting` and
+writes `cross_task_<weighting>.json`.
 """
 
 from __future__ import annotations
@@ -9,33 +14,48 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from asymlora.data.records import load_examples
 from asymlora.federated.client import FederatedClient
 from asymlora.federated.config import FederatedConfig
 
 
-def main(config: str, per_task: int) -> None:
+def main(config: str, per_task: int, weighting: Optional[str] = None) -> None:
     cfg = FederatedConfig.from_yaml(config)
+    if weighting is not None:
+        cfg.feddpa_weighting = weighting
+        cfg.validate()
     test = load_examples(Path(cfg.data_dir) / "test.jsonl")
-    seen: dict[str, int] = {}
-    subset = []
+    by_task: dict[str, list] = {}
     for ex in test:
-        if seen.get(ex.task, 0) < per_task:
-            seen[ex.task] = seen.get(ex.task, 0) + 1
-            subset.append(ex)
+        if len(by_task.setdefault(ex.task, [])) < per_task:
+            by_task[ex.task].append(ex)
+    subset = [ex for exs in by_task.values() for ex in exs]
     out = {}
     for i in range(cfg.n_clients):
         client = FederatedClient(cfg, i)   # its state after the last round, from the run's state_dir
-        res = client.evaluate(examples=subset)
+        if cfg.method == "feddpa":
+            per, weights = {}, {}
+            for task, exs in sorted(by_task.items()):
+                res = client.evaluate(examples=exs)
+                per[task] = res.per_task[task]
+                if res.metrics:
+                    weights[task] = res.metrics["feddpa_local_weight_mean"]
+            out[str(i)] = {"avg_all_tasks": sum(per.values()) / len(per), "per_task": per,
+                           "applied_round": client.applied_round, "feddpa_local_weight_mean": weights}
+        else:
+            res = client.evaluate(examples=subset)
+            out[str(i)] = {"avg_all_tasks": res.score, "per_task": res.per_task, "applied_round": client.applied_round}
         client.release()
-        out[str(i)] = {"avg_all_tasks": res.score, "per_task": res.per_task, "applied_round": client.applied_round}
-        print(i, f"{res.score:.2f}", flush=True)
+        print(i, f"{out[str(i)]['avg_all_tasks']:.2f}", out[str(i)].get("feddpa_local_weight_mean", ""), flush=True)
     name = Path(config).stem
-    path = Path(__file__).resolve().parent / "results" / name / "cross_task.json"
+    file = "cross_task.json" if weighting is None else f"cross_task_{weighting}.json"
+    path = Path(__file__).resolve().parent / "results" / name / file
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": config, "per_task": per_task, "clients": out}, indent=2) + "\n")
+    path.write_text(json.dumps({"config": config, "per_task": per_task, "feddpa_weighting": cfg.feddpa_weighting
+                                if cfg.method == "feddpa" else None, "clients": out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8, sys.argv[3] if len(sys.argv) > 3 else None)
