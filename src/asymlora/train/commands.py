@@ -117,6 +117,17 @@ _TRAIN_FLAGS = {  # flag -> (TrainConfig field, type)
     "template": ("template", str), "warmup_steps": ("warmup_steps", int),
     "loss_chunk_size": ("loss_chunk_size", int),
 }
+_FLAG_HELP = {
+    "lr": "learning rate (default 3e-4)", "epochs": "epochs (default 3; --max-steps overrides)",
+    "max_steps": "optimiser steps (overrides --epochs)", "batch_size": "examples per device batch (default 4)",
+    "grad_accum": "gradient accumulation steps (default 4)", "cutoff_len": "tokens per example, at most (default 256)",
+    "precision": "auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that has it, fp32 on the CPU)",
+    "sampling": "task mixing: proportional, balanced or temperature", "report_to": "tensorboard, wandb, ... or none",
+    "template": "prompt template: alpaca_short, chat or a template .json",
+    "loss_chunk_size": "logits only where there are labels, this many tokens at a time (same loss, faster)",
+    "r": "adapter rank (default: the method's equal-budget rank)", "alpha": "lora_alpha (default 2r)",
+    "num_experts": "experts of ALoRA / HydraLoRA (default 3)", "dropout": "adapter dropout (default 0.05)",
+}
 _ADAPTER_FLAGS = {"r": ("r", int), "alpha": ("lora_alpha", float), "num_experts": ("num_experts", int),
                   "dropout": ("lora_dropout", float)}
 
@@ -133,8 +144,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--out", help="output folder (checkpoints/, adapter/, run.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--targets", help="target modules: names (q_proj,o_proj) or one regex")
-    for flag, (_, tp) in {**_TRAIN_FLAGS, **_ADAPTER_FLAGS}.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=tp, dest=flag)
+    for flag, (key, tp) in {**_TRAIN_FLAGS, **_ADAPTER_FLAGS}.items():
+        p.add_argument("--" + flag.replace("_", "-"), type=tp, dest=flag, metavar=tp.__name__.upper(),
+                       help=_FLAG_HELP.get(flag, f"sets {key}"))
     p.add_argument("--train-on-prompt", action="store_true", help="put the loss on the prompt tokens too")
     p.add_argument("--packing", action="store_true",
                    help="pack each batch's examples into rows as long as its longest example (no attention across examples)")
