@@ -73,6 +73,16 @@ def generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(*parts))
 
 
+SERVER = -1
+"""The index `client_init: shared` seeds every client's initial adapter with, in place of its own."""
+
+
+def init_seed(cfg: FederatedConfig, client_id: int) -> int:
+    """The seed of client `client_id`'s initial adapter: the run's alone under `client_init: shared`
+    (every client draws the same), the run's and the client's under `own`."""
+    return mix_seed(cfg.seed, SERVER if cfg.client_init == "shared" else client_id, 0)
+
+
 # ---- data ------------------------------------------------------------------------------------
 def client_examples(client_id: int, *, data_dir: Optional[str] = None, train_file: Optional[str] = None,
                     test_file: Optional[str] = None, max_train: Optional[int] = None,
@@ -132,6 +142,77 @@ def build_peft_model(base: torch.nn.Module, cfg: FederatedConfig, rank: int, see
             model.base_model.set_adapter(["global", "local"])
             return model
         return get_peft_model(base, lora())
+
+
+def rank_prefix(reference: torch.Tensor, shape: Sequence[int], key: str = "tensor") -> torch.Tensor:
+    """The leading part of `reference` of the given `shape` (the first r rows of A, the first r
+    columns of M...). A cut along the last axis, a weight's fan-in, is scaled by sqrt(n_ref / n):
+    every random adapter factor is uniform with bound 1/sqrt(fan-in), so the cut then has exactly
+    the distribution a draw at its own size would have."""
+    shape = tuple(int(n) for n in shape)
+    if reference.dim() != len(shape):
+        raise ValueError(f"{key!r}: the shared draw has shape {tuple(reference.shape)}, the client's factor {shape}")
+    out = reference
+    for axis, (n_ref, n) in enumerate(zip(reference.shape, shape)):
+        if n > n_ref:
+            raise ValueError(f"{key!r}: the client's factor {shape} is larger than the shared draw "
+                             f"{tuple(reference.shape)} along axis {axis}")
+        if n < n_ref:
+            out = out.narrow(axis, 0, n)
+            if axis == reference.dim() - 1:
+                out = out * math.sqrt(n_ref / n)
+    return out.detach().clone()
+
+
+def initial_adapter_state(cfg: FederatedConfig, client_id: int, rank: int, model: torch.nn.Module,
+                          base: BaseProvider) -> StateDict:
+    """Client `client_id`'s adapter at round 0; `model` is its adapter as `build_peft_model` made it
+    from `init_seed`, and `base` gives a fresh base model when a larger draw is needed.
+
+    `own`: the model's own draw, seeded per client, so every client starts somewhere else.
+
+    `shared` (the default): one draw from the run's seed alone, as if the server had built one
+    adapter and broadcast it -- the set-up of FedIT, FedSA-LoRA, FedDPA and ZeroPadding, and of the
+    authors' code, which copies one global model to every client. What it gives each method:
+    - FedIT, FedDPA's global LoRA, FedSA-LoRA: the server averages A (and B) element-wise. From one
+      start the first average is the start plus the mean update; from independent kaiming draws it
+      shrinks A by about 1/sqrt(n) and pairs each client's B with the others' unrelated A. FedDPA's
+      personal LoRA starts common too, as in the authors' code; it is never averaged.
+    - Fed-ALoRA (one rank): each B_i is learnt against the client's own A_i; with a common A at the
+      start the clients' B live in the same coordinates, so their average means something in round
+      1. A then trains locally and drifts apart, as the method intends.
+    - Different ranks: client i's factors are the leading part, along the rank axis, of one draw at
+      the run's largest rank r_max (`rank_prefix`): ZeroPadding's rank-r_i A is the first r_i rows
+      of one r_max x d_in A, so its padded average starts from common rows; the decomposition's A,
+      M and B1 (FedSA-LoRA*: B, M, A1) are prefixes too, so the clients' projections M_i A_i into the
+      d_m-space where the server averages share their first r_min components. A factor whose
+      fan-in is the rank (M d_m x r; B and A1 on the A side) is scaled by sqrt(r_max / r_i) so that
+      it has the spread a rank-r_i draw has: `shared` and `own` differ only in the draws being
+      common, not in their size. FLoRA's stack is exact whatever the factors, so for FLoRA the
+      choice moves only round 1's starting point.
+    Only round 0 is affected: the factors a method re-draws later (FLoRA's fresh A, the
+    decomposition's B1) are drawn per client and round, since those methods aggregate products,
+    which are exact whatever the factors.
+    """
+    own = adapter_state(model)
+    if cfg.client_init == "own":
+        return own
+    r_max = max(cfg.client_ranks)
+    if rank > r_max:
+        raise ValueError(f"client {client_id}: client_init shared cuts every client's adapter from one draw at "
+                         f"the run's largest rank {r_max}, but this client has rank {rank}; list every "
+                         "client's rank in `ranks`, or set client_init: own")
+    if rank == r_max:
+        return own  # built from the shared seed at r_max: it is the shared draw
+    base_model, _ = base()
+    reference = adapter_state(build_peft_model(base_model, cfg, r_max, init_seed(cfg, client_id)))
+    del base_model
+    missing, extra = set(own) - set(reference), set(reference) - set(own)
+    if missing or extra:
+        raise ValueError(f"client {client_id}: the rank-{r_max} draw has other factors than the rank-{rank} adapter"
+                         + (f"; missing {describe_keys(missing)}" if missing else "")
+                         + (f"; unexpected {describe_keys(extra)}" if extra else ""))
+    return {k: rank_prefix(reference[k], own[k].shape, k).to(own[k].dtype) for k in own}
 
 
 def adapter_state(model: torch.nn.Module) -> StateDict:
@@ -210,9 +291,12 @@ class Snapshot:
 class ClientStore:
     """`applied.safetensors` and `trained.safetensors` in the client's own directory."""
 
-    def __init__(self, root: Path, identity: Mapping[str, Any]) -> None:
+    def __init__(self, root: Path, identity: Mapping[str, Any],
+                 hint: Optional[Callable[[Any], str]] = None) -> None:
         self.root = Path(root)
         self.identity = dict(identity)
+        self.hint = hint
+        """Given the run fingerprint a refused file holds, what to change to resume it (or "")."""
 
     def _path(self, kind: str) -> Path:
         return self.root / f"{kind}.safetensors"
@@ -228,9 +312,14 @@ class ClientStore:
             return None
         tensors, meta = read_safetensors(path)
         if meta.get("identity") != self.identity:
+            theirs = meta.get("identity")
+            hint = ""
+            if self.hint is not None and isinstance(theirs, dict) and \
+                    {**theirs, "run": None} == {**self.identity, "run": None}:   # same client, another run
+                hint = self.hint(theirs.get("run"))
             raise ClientStateError(
-                f"{path} belongs to another run or client ({meta.get('identity')}), not to {self.identity}; "
-                "point state_dir elsewhere or delete it")
+                f"{path} belongs to another run or client ({theirs}), not to {self.identity}; "
+                f"point state_dir elsewhere or delete it{hint}")
         if "round" not in meta:
             raise ClientStateError(f"{path}: no round in its metadata")
         deltas = {k[len(_DELTA_PREFIX):]: v for k, v in tensors.items() if k.startswith(_DELTA_PREFIX)}
@@ -382,7 +471,8 @@ class FederatedClient:
         self.method: FederatedMethod = cfg.make_method(self.rank)
         self.data = dict(data_dir=data_dir or cfg.data_dir, train_file=train_file, test_file=test_file)
         root = Path(state_dir) if state_dir else cfg.client_state_root / f"client-{self.client_id}"
-        self.store = ClientStore(root, {"run": cfg.fingerprint(), "client": self.client_id, "rank": self.rank})
+        self.store = ClientStore(root, {"run": cfg.fingerprint(), "client": self.client_id, "rank": self.rank},
+                                 hint=cfg.resume_hint)
         self.base = base or process_base(cfg.model, cfg.device)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -412,7 +502,9 @@ class FederatedClient:
 
     def _initial_snapshot(self) -> Snapshot:
         model = self._ensure_model(fresh=True)
-        return Snapshot(adapter_state(model), {}, {"round": 0, "kind": "applied"})
+        state = initial_adapter_state(self.cfg, self.client_id, self.rank, model, self.base)
+        load_adapter_state(model, state)
+        return Snapshot(state, {}, {"round": 0, "kind": "applied"})
 
     def examples(self) -> tuple[list[Example], list[Example]]:
         if self._train is None:
@@ -428,7 +520,7 @@ class FederatedClient:
     def _ensure_model(self, fresh: bool = False) -> Any:
         if self._model is None:
             base, self._tokenizer = self.base()
-            self._model = build_peft_model(base, self.cfg, self.rank, mix_seed(self.cfg.seed, self.client_id, 0))
+            self._model = build_peft_model(base, self.cfg, self.rank, init_seed(self.cfg, self.client_id))
             self._model.to(resolve_device(self.cfg.device))
             self._model.eval()
             self._merged = {}

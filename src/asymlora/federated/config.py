@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     """A federated config is unusable; the message names the file and the key."""
 
 
+CLIENT_INITS: tuple[str, ...] = ("shared", "own")
+"""How clients draw their initial adapters (`client.initial_adapter_state`): all from the run's seed,
+as if the server had broadcast one, or each from its own seed (the only behaviour before the key
+existed)."""
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -54,6 +60,10 @@ class FederatedConfig:
     min_clients: int = field(default=1, metadata=_help("valid updates needed to aggregate a round"))
     client_timeout: Optional[float] = field(default=None, metadata=_help("seconds; a later reply is dropped"))
     seed: int = field(default=0, metadata=_help("initialisation, sampling and data order"))
+    client_init: str = field(
+        default="shared", metadata=_help("shared: every client starts from one initial adapter (drawn from the seed, "
+                                         "as if the server had broadcast it; a smaller rank takes a prefix of the "
+                                         "largest rank's draw); own: each client draws its own"))
     max_train_examples: Optional[int] = field(default=None, metadata=_help("per client, first N"))
     max_eval_examples: Optional[int] = field(default=None, metadata=_help("per client and task, first N"))
     eval_every: int = field(default=1, metadata=_help("evaluate every N rounds (the last always)"))
@@ -106,6 +116,8 @@ class FederatedConfig:
             raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
         if self.client_timeout is not None and float(self.client_timeout) <= 0:
             raise ConfigError(f"client_timeout: must be > 0 seconds, got {self.client_timeout!r}")
+        if self.client_init not in CLIENT_INITS:
+            raise ConfigError(f"client_init: expected one of {', '.join(CLIENT_INITS)}, got {self.client_init!r}")
         if self.feddpa_weighting not in WEIGHTINGS:
             raise ConfigError(f"feddpa_weighting: expected one of {', '.join(WEIGHTINGS)}, got {self.feddpa_weighting!r}")
         if not 0.0 <= float(self.feddpa_similarity_scale) <= 1.0:
@@ -159,12 +171,23 @@ class FederatedConfig:
         return Path(self.state_dir) if self.state_dir else Path(self.output_dir) / "clients"
 
     def fingerprint(self) -> str:
-        """What a checkpoint must agree with to be resumed (run-shaping fields only)."""
-        keep = {k: v for k, v in self.to_dict().items()
-                if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
-                             "rounds", "eval_every", "client_timeout")
-                and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        """What a checkpoint must agree with to be resumed (run-shaping fields only).
+
+        `client_init` shapes the run, so it counts, except as `own`: runs from before the key
+        existed drew their clients' adapters that way, and keep their fingerprints (and resume) once
+        their config says `client_init: own`. Such a run is never resumed as `shared`, which would
+        label it with an initialisation it did not have (`resume_hint` says what to add)."""
+        return _fingerprint(self.to_dict())
+
+    def resume_hint(self, stored: Any) -> str:
+        """What to change when a checkpoint's fingerprint `stored` differs from this config's only by
+        `client_init`; "" otherwise."""
+        for other in CLIENT_INITS:
+            if other != self.client_init and stored == _fingerprint({**self.to_dict(), "client_init": other}):
+                return (f"; it was started with client_init: {other}"
+                        + (" (as every run before that key existed)" if other == "own" else "")
+                        + f", this config says {self.client_init}: set client_init: {other} to resume it")
+        return ""
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +258,16 @@ class FederatedConfig:
         return cls.from_dict(data, source=source)
 
 
+def _fingerprint(values: Mapping[str, Any]) -> str:
+    keep = {k: v for k, v in values.items()
+            if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
+                         "rounds", "eval_every", "client_timeout")
+            and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
+    if keep["client_init"] == "own":
+        del keep["client_init"]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
@@ -262,7 +295,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "targets" and isinstance(value, str):
         return [t.strip() for t in value.split(",") if t.strip()]
     if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir",
-               "feddpa_weighting") and value is not None \
+               "feddpa_weighting", "client_init") and value is not None \
             and not isinstance(value, str):
         raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
     return value

@@ -52,6 +52,7 @@ def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
     formula = formula_comm(cfg, model_config)
     summary: dict[str, Any] = {
         "method": cfg.method, "label": method_label(cfg), "heterogeneous": cfg.is_heterogeneous,
+        "client_init": cfg.client_init,
         "ranks": cfg.client_ranks, "d_m": cfg.d_m if cfg.uses_decomposition else None,
         "rounds_completed": len(history), "rounds_failed": [h["round"] for h in history if h.get("failed")],
         "final_round": last["round"] if last else None, "clients": clients,
@@ -81,7 +82,9 @@ def markdown(cfg: FederatedConfig, summary: Mapping[str, Any], history: Sequence
     heads = [f"c{cid} {'/'.join(c['tasks'])}" for cid, c in clients.items()]
     lines = [f"# {summary['label']}: {cfg.n_clients} clients, {summary['rounds_completed']} rounds", "",
              f"Scores after round {summary['final_round']} (each client's own task, personalised model; "
-             "ROUGE-1 or accuracy, %). Params.(M): per client per round, upload + download.", "",
+             "ROUGE-1 or accuracy, %). Params.(M): per client per round, upload + download. Initial adapters: "
+             + ("one shared draw (client_init: shared)." if cfg.client_init == "shared"
+                else "one draw per client (client_init: own)."), "",
              "| Method | " + " | ".join(heads) + " | Avg. | Params.(M) sent | Params.(M) formula | paper's count |",
              "|" + "---|" * (len(heads) + 5)]
     cells = [summary["label"], *(_fmt(c["score"]) for c in clients.values()), _fmt(summary["avg"]),

@@ -151,7 +151,7 @@ class ServerState:
         if meta.get("fingerprint") != cfg.fingerprint():
             raise ClientStateError(
                 f"{path} was written by a run with another configuration (method {meta.get('method')!r}); "
-                "use a fresh output_dir, or --fresh to start over")
+                f"use a fresh output_dir, or --fresh to start over{cfg.resume_hint(meta.get('fingerprint'))}")
         state = cls(cfg, round=int(meta["round"]), payload_round=int(meta["payload_round"]),
                     applied={int(k): int(v) for k, v in meta.get("applied", {}).items()},
                     history=list(meta.get("history", [])))
