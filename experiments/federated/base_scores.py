@@ -6,7 +6,6 @@ initial model is the base model), under the evaluation settings of a CPU config.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from asymlora.federated.client import FederatedClient
 from asymlora.federated.config import FederatedConfig
+from asymlora.files import write_json_atomic
 
 
 def main(config: str) -> None:
@@ -30,9 +30,8 @@ def main(config: str) -> None:
     finally:
         shutil.rmtree(cfg.state_dir, ignore_errors=True)
     out = Path(__file__).resolve().parent / "results" / "base.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "max_eval_examples": cfg.max_eval_examples,
-                               "max_new_tokens": cfg.max_new_tokens, "clients": scores}, indent=2) + "\n")
+    write_json_atomic(out, {"config": config, "max_eval_examples": cfg.max_eval_examples,
+                            "max_new_tokens": cfg.max_new_tokens, "clients": scores})
 
 
 if __name__ == "__main__":

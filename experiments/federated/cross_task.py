@@ -11,7 +11,6 @@ writes `cross_task_<weighting>.json`.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ from typing import Optional
 from asymlora.data.records import load_examples
 from asymlora.federated.client import FederatedClient
 from asymlora.federated.config import FederatedConfig
+from asymlora.files import write_json_atomic
 
 
 def main(config: str, per_task: int, weighting: Optional[str] = None) -> None:
@@ -52,9 +52,8 @@ def main(config: str, per_task: int, weighting: Optional[str] = None) -> None:
     name = Path(config).stem
     file = "cross_task.json" if weighting is None else f"cross_task_{weighting}.json"
     path = Path(__file__).resolve().parent / "results" / name / file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": config, "per_task": per_task, "feddpa_weighting": cfg.feddpa_weighting
-                                if cfg.method == "feddpa" else None, "clients": out}, indent=2) + "\n")
+    write_json_atomic(path, {"config": config, "per_task": per_task, "feddpa_weighting": cfg.feddpa_weighting
+                             if cfg.method == "feddpa" else None, "clients": out})
 
 
 if __name__ == "__main__":

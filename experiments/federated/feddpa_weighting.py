@@ -8,12 +8,12 @@ itself evaluates with `feddpa_weighting` of its config (dynamic by default); thi
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from asymlora.federated.client import FederatedClient
 from asymlora.federated.config import FederatedConfig
+from asymlora.files import write_json_atomic
 
 
 def main(config: str, weighting: str) -> None:
@@ -32,9 +32,7 @@ def main(config: str, weighting: str) -> None:
         print(i, f"{res.score:.2f}", flush=True)
     avg = sum(c["score"] for c in out.values()) / len(out)
     path = Path(__file__).resolve().parent / "results" / Path(config).stem / f"weighting_{weighting}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": config, "feddpa_weighting": weighting, "avg": avg, "clients": out},
-                               indent=2) + "\n")
+    write_json_atomic(path, {"config": config, "feddpa_weighting": weighting, "avg": avg, "clients": out})
     print(f"avg {avg:.2f} -> {path}")
 
 

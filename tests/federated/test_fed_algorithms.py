@@ -223,7 +223,7 @@ def test_round_start_keeps_dw_after_apply(side, method):
 
 def test_round_start_with_the_real_decomposed_layer():
     """The key convention and effective_delta agree with the core layer's own delta_weight."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
 
     from .fedhelpers import decomposed_model, decomposed_state
 

@@ -28,6 +28,20 @@ def test_missing_required_key(tmp_path):
         FederatedConfig.from_yaml(p)
 
 
+def test_unreadable_files_are_named_with_the_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"federated config not found: .*nope\.yaml"):
+        FederatedConfig.from_yaml(tmp_path / "nope.yaml")
+    p = write(tmp_path, "model: m\ndata_dir: d\nranks: [8, 4\nmethod: fedit\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: malformed YAML at line 4, column 7: "):
+        FederatedConfig.from_yaml(p)
+    with pytest.raises(ConfigError, match=r"run\.yaml: the file is empty"):
+        FederatedConfig.from_yaml(write(tmp_path, "  \n"))
+    with pytest.raises(ConfigError, match=r"run\.yaml: holds no settings"):
+        FederatedConfig.from_yaml(write(tmp_path, "# method: fedit\n"))
+    with pytest.raises(ConfigError, match=r"run\.yaml: expected a mapping of keys to values, got list"):
+        FederatedConfig.from_yaml(write(tmp_path, "- model: m\n"))
+
+
 def test_bad_values_are_named():
     with pytest.raises(ConfigError, match="unknown federated method 'fedx'"):
         FederatedConfig(**{**BASE, "method": "fedx"})

@@ -23,8 +23,6 @@ import copy
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch
 from ..data.records import Example, load_examples
 from ..data.templates import get_template
 from ..data.tokenize import MultiTaskCollator, tokenize_examples
+from ..files import atomic_path
 from .algorithms import merge_base_deltas
 from .algorithms.base import FederatedMethod
 from .config import FederatedConfig
@@ -247,22 +246,12 @@ def load_adapter_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
 
 # ---- persistence -----------------------------------------------------------------------------
 def atomic_save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, Any]) -> None:
-    """safetensors file written to a temporary name, flushed, then renamed over `path`."""
+    """A safetensors file with `metadata` as JSON under the key "asymlora", whole or not at all."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"asymlora": json.dumps(dict(metadata), sort_keys=True)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

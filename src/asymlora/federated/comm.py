@@ -22,12 +22,13 @@ Two documented departures, both reported beside the main figure:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
+
+from ..files import read_settings
 
 KNOWN_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 COMM_METHODS: tuple[str, ...] = ("fedit", "feddpa", "fedsa", "fedalora", "zeropadding", "flora")
@@ -57,13 +58,8 @@ def load_model_config(source: ConfigSource) -> ModelShape:
         path = Path(source)
         if path.is_dir():
             path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"model config not found: {path}")
         where = str(path)
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc})") from exc
+        cfg = read_settings(path, what="model config", fmt="json")
         if not isinstance(cfg, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
     if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..files import read_settings
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
@@ -214,17 +215,8 @@ class FederatedConfig:
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "FederatedConfig":
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"federated config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if data is None:
-            raise ConfigError(f"{path}: the file is empty")
+        data = read_settings(path, what="federated config", error=ConfigError)
         cfg = cls.from_dict(data, source=str(path))
         # relative paths in a config file are relative to the file, not to the current directory
         for key in ("data_dir", "output_dir", "state_dir", "model"):

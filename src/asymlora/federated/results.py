@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from ..files import write_json_atomic, write_text_atomic
 from .comm import _DISPLAY, comm_cost
 from .config import FederatedConfig
-from .session import write_json
 
 
 def model_config_dict(cfg: FederatedConfig) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def write_results(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]], ou
     """results.json, results.md and scores.png in the output directory; returns the summary."""
     out = Path(out_dir or cfg.output_dir)
     summary = summarise(cfg, history, model_config)
-    write_json(out / "results.json", {"summary": summary, "config": cfg.to_dict(), "rounds": list(history)})
-    (out / "results.md").write_text(markdown(cfg, summary, history), encoding="utf-8")
+    write_json_atomic(out / "results.json", {"summary": summary, "config": cfg.to_dict(), "rounds": list(history)})
+    write_text_atomic(out / "results.md", markdown(cfg, summary, history))
     plot_scores(history, out / "scores.png", title=summary["label"])
     return summary

@@ -19,7 +19,6 @@ atomically after every round: a run killed at any moment resumes from the last c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -169,18 +168,6 @@ class ServerState:
 
 def numel(tensors: Mapping[str, Any]) -> int:
     return sum(int(math.prod(t.shape)) for t in tensors.values())
-
-
-def write_json(path: Path, data: Any) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def close_round(state: ServerState, server_round: int, participants: Sequence[int],
