@@ -35,7 +35,8 @@ PAPER_T1 = {  # each client's model scored on all eight tasks (avg.)
     ("heterogeneous", "Sharing A (FedSA-LoRA*)"): [43.01, 41.58, 50.09, 38.34, 53.53, 24.82, 24.28, 50.41, 40.76],
     ("heterogeneous", "Sharing B (Fed-ALoRA)"): [48.38, 54.80, 58.30, 46.98, 62.15, 35.09, 31.80, 64.89, 50.30],
 }
-OURS = {"homogeneous": [("FedIT", "fedit-hom"), ("FedDPA (instance-wise weights)", "feddpa-hom"),
+OURS = {"homogeneous": [("FedIT", "fedit-hom"), ("FedIT, client_init: shared", "fedit-hom-shared"),
+                        ("FedDPA (instance-wise weights)", "feddpa-hom"),
                         ("FedSA-LoRA", "fedsa-hom"), ("Fed-ALoRA", "fedalora-hom")],
         "heterogeneous": [("ZeroPadding (FedIT, padded)", "zeropadding-het"), ("FLoRA", "flora-het"),
                           ("FedSA-LoRA*", "fedsa-het"), ("Fed-ALoRA", "fedalora-het")]}
@@ -75,6 +76,33 @@ def own_task_table(setting: str, paper: dict) -> list[str]:
     lines += ["", "The paper (LLaMA-2-7B):", "", row("Method", SHORT + ["Avg.", "Params.(M)"]), "|" + "---|" * 11]
     for name, vals in paper.items():
         lines.append(row(name, [fmt(v) for v in vals]))
+    return lines
+
+
+# the same configuration with each client's own initial adapter and with one shared one, round by round
+INIT_PAIRS = [("FedIT", "fedit-hom", "fedit-hom-shared")]
+
+
+def per_round_table() -> list[str]:
+    """Each round's average score (after the broadcast) and mean local training loss, own vs shared init."""
+    lines = [row("Method", ["client_init", "round", "avg score", "local training loss", "clients above / tied / below own"]),
+             "|" + "---|" * 6]
+    for label, own_name, shared_name in INIT_PAIRS:
+        runs = {}
+        for init, name in (("own", own_name), ("shared", shared_name)):
+            path = RESULTS / name / "results.json"
+            runs[init] = json.loads(path.read_text())["rounds"] if path.exists() else None
+        if runs["own"] is None or runs["shared"] is None:
+            lines.append(row(label, ["not run"] + [""] * 4))
+            continue
+        for init in ("own", "shared"):
+            for h, o in zip(runs[init], runs["own"]):
+                ev, losses = h["eval"], [t["train_loss"] for t in h["train"].values()]
+                diffs = [ev[c]["score"] - o["eval"][c]["score"] for c in ev]
+                above = "-" if init == "own" else \
+                    f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
+                lines.append(row(label, [init, str(h["round"]), fmt(sum(e["score"] for e in ev.values()) / len(ev)),
+                                         f"{sum(losses) / len(losses):.3f}", above]))
     return lines
 
 
@@ -118,6 +146,7 @@ def main() -> None:
     out = ["## Homogeneous (rank 8), next to Table 4", ""] + own_task_table("homogeneous", PAPER_T4)
     out += ["", "## Heterogeneous (ranks 64,64,32,32,16,16,8,8, d_m 16), next to Table 5", ""]
     out += own_task_table("heterogeneous", PAPER_T5)
+    out += ["", "## One initial adapter for all clients against one each, round by round", ""] + per_round_table()
     out += ["", "## Each client on all eight tasks, next to Table 1", ""] + cross_task_table()
     out += ["", "## FedDPA on all eight tasks", ""] + feddpa_cross_task_table()
     print("\n".join(out))

@@ -7,7 +7,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 mkdir -p experiments/federated/results experiments/federated/runs
 [ -f experiments/federated/results/base.json ] || $PY experiments/federated/base_scores.py experiments/federated/cpu/fedit-hom.yaml
-for name in ${RUNS:-fedalora-hom fedsa-hom fedit-hom feddpa-hom fedalora-het fedsa-het zeropadding-het flora-het}; do
+for name in ${RUNS:-fedalora-hom fedsa-hom fedit-hom fedit-hom-shared feddpa-hom fedalora-het fedsa-het zeropadding-het flora-het}; do
   start=$(date +%s)
   .venv/bin/asymlora federate experiments/federated/cpu/$name.yaml --engine local > experiments/federated/runs/$name.log 2>&1
   mkdir -p experiments/federated/results/$name
