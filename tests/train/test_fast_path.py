@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,6 +171,8 @@ def test_fast_path_training_follows_the_plain_loss_curve(tmp_path, method):
     assert out.shape == (1, 5)
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compiled_fast_path_trains_like_eager(tmp_path):
     """torch.compile through the Trainer: our layers trace, and the losses are the eager ones."""
     train_ex, _ = helpers.tasks(n_train=6)
