@@ -1,22 +1,19 @@
-"""A Flower Grid that hands each message straight to a ClientApp in this process: the strategies
-and apps run unchanged, without Ray or SuperNodes, and every message in both directions is kept
-for inspection. A node can be told to stay silent (a timeout) or be replaced (a restart)."""
+"""The in-process Grid with every message in both directions kept for inspection; a node can be told
+to stay silent (a timeout) or be replaced (a restart)."""
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Message, RecordDict
+
+from asymlora.federated.flower.inprocess import InProcessGrid
 
 
-class LoopbackGrid(Grid):
+class LoopbackGrid(InProcessGrid):
     def __init__(self, app: Any, run_config: dict, n_nodes: int, first_node_id: int = 1000) -> None:
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        self.app = app
+        super().__init__(app, [], run_config=run_config)
         self.run_config = dict(run_config)
-        self.contexts: dict[int, Context] = {}
         for i in range(n_nodes):
             self.add_node(first_node_id + i, i)
         self.sent: list[Message] = []
@@ -30,43 +27,15 @@ class LoopbackGrid(Grid):
     def remove_node(self, node_id: int) -> None:
         del self.contexts[node_id]
 
-    # ---- Grid ------------------------------------------------------------------------------------
-    def set_run(self, run: Any) -> None:
-        pass
-
-    @property
-    def run(self) -> Any:
-        return None
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: Optional[float] = None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("LoopbackGrid answers in send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("LoopbackGrid answers in send_and_receive")
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: Optional[float] = None) -> Iterable[Message]:
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            ctx = self.contexts[node]
-            self.sent.append(msg)
-            try:
-                reply = self.app(msg, ctx)
-            except Exception as exc:  # what a SuperNode reports for a ClientApp that raised
-                reply = Message(Error(0, f"{type(exc).__name__}: {exc}"), reply_to=msg)
-            rnd = int(msg.content["config"].get("server-round", -1)) if "config" in msg.content.config_records else -1
-            if (int(ctx.node_config["partition-id"]), msg.metadata.message_type, rnd) in self.silent:
-                continue
-            self.received.append(reply)
-            replies.append(reply)
-        return replies
+    def _deliver(self, msg: Message) -> Optional[Message]:
+        self.sent.append(msg)
+        reply = super()._deliver(msg)
+        ctx = self.contexts[msg.metadata.dst_node_id]
+        rnd = int(msg.content["config"].get("server-round", -1)) if "config" in msg.content.config_records else -1
+        if reply is None or (int(ctx.node_config["partition-id"]), msg.metadata.message_type, rnd) in self.silent:
+            return None
+        self.received.append(reply)
+        return reply
 
     def array_keys(self, messages: Iterable[Message]) -> set[str]:
         keys: set[str] = set()

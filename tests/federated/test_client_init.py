@@ -123,11 +123,18 @@ def test_rank_prefix():
 
 
 # ---- what the server averages -------------------------------------------------------------------
+class NoLearning(FederatedClient):
+    """A client whose rounds change nothing: lr 0 (not a valid config value, set on its own copy)."""
+
+    def __init__(self, cfg, *args, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
+        self.cfg.lr = 0.0
+
+
 def first_round_average(tmp_path, model_dir, client_init):
     cfg = tiny_config(tmp_path, model_dir, "fedit", [2, 2], n_train=[4, 4], rounds=1, client_init=client_init)
-    cfg.lr = 0.0   # not a valid config value (validated > 0), set on the object: a round in which nothing trains
     initial = [by_role(FederatedClient(cfg, c).state, "lora_A") for c in range(2)]
-    LocalEngine(cfg).run()
+    LocalEngine(cfg, client_factory=NoLearning).run()
     state = ServerState.load(tmp_path / "out" / "server", cfg)
     assert state.round == 1 and state.history[0]["accepted"] == [0, 1]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["client_init"] == client_init

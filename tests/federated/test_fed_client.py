@@ -33,7 +33,7 @@ def test_fedalora_sends_only_b_and_the_private_state_survives_a_restart(tmp_path
         assert not torch.equal(trained[k], start[k])                  # A trained locally...
     restarted = FederatedClient(cfg, 0)                                 # ...and kept across a restart
     broadcast = {k: torch.full_like(v, 0.5) for k, v in fit.upload.items()}
-    assert restarted.receive(broadcast, 1, "replace")
+    assert restarted.receive(broadcast, 1)
     for k, v in restarted.state.items():
         expected = broadcast[k] if k in broadcast else trained[k]
         torch.testing.assert_close(v, expected, rtol=0, atol=0)
@@ -67,7 +67,7 @@ def test_a_failed_write_leaves_the_previous_state_intact(tmp_path, model_dir, mo
 
     monkeypatch.setattr(safetensors.torch, "save_file", torn_write)
     with pytest.raises(OSError, match="disk full"):
-        client.receive({k: torch.zeros_like(v) for k, v in client.state.items()}, 1, "replace")
+        client.receive({k: torch.zeros_like(v) for k, v in client.state.items()}, 1)
     assert path.read_bytes() == before
     assert [p.name for p in client.store.root.iterdir()] == ["applied.safetensors"]  # no temporary left
     assert FederatedClient(cfg, 1).applied_round == 0
@@ -105,11 +105,11 @@ def test_running_total_lets_a_client_that_missed_rounds_catch_up(tmp_path, model
     total1 = inc1
     total2 = {k: inc1[k] + inc2[k] for k in b0}
     steady.fit(1)
-    assert steady.receive(total1, 1, "total")
+    assert steady.receive(total1, 1)
     assert all(not v.any() for v in by_role(steady.state, "declora_B2").values())  # own B2 B1 is in B0 now
-    assert steady.receive(total2, 2, "total")
-    assert late.receive(total2, 2, "total")                     # sat rounds 1 and 2 out
-    assert not steady.receive(total2, 2, "total")               # taking the same payload twice is a no-op
+    assert steady.receive(total2, 2)
+    assert late.receive(total2, 2)                     # sat rounds 1 and 2 out
+    assert not steady.receive(total2, 2)               # taking the same payload twice is a no-op
     for k in b0:
         torch.testing.assert_close(steady.state[k], total2[k])
         torch.testing.assert_close(late.state[k], total2[k])
@@ -125,8 +125,8 @@ def test_flora_merges_each_round_once_into_the_base_weights(tmp_path, model_dir)
         stacks[r] = {k: torch.randn((width, v.shape[1]) if parse_key(k).role == "lora_A" else (v.shape[0], width),
                                     generator=g) for k, v in lora.items()}
     payload = {f"{r}::{k}": v for r, s in stacks.items() for k, v in s.items()}
-    assert client.receive({k: v for k, v in payload.items() if k.startswith("1::")}, 1, "stack")
-    assert client.receive(payload, 2, "stack")                  # round 1 again in it: skipped
+    assert client.receive({k: v for k, v in payload.items() if k.startswith("1::")}, 1)
+    assert client.receive(payload, 2)                  # round 1 again in it: skipped
     modules = {parse_key(k).module for k in lora}
     for m in modules:
         a, b = (f"{m}.lora_A.default.weight", f"{m}.lora_B.default.weight")

@@ -17,6 +17,8 @@ from asymlora.federated.feddpa_inference import (
     InstanceAdapterWeights, dual_lora_layers, prompt_representations,
 )
 
+from asymlora.federated import feddpa_inference
+
 from .fedhelpers import lora_model
 from .runtime_helpers import tiny_config
 
@@ -215,8 +217,8 @@ def test_a_stored_sample_of_another_client_is_refused(tmp_path, model_dir):
 
     cfg = tiny_config(tmp_path, model_dir, "feddpa", [2, 2])
     first = FederatedClient(cfg, 0)
-    first.feddpa_references()
+    feddpa_inference.client_references(first, 16)
     second = FederatedClient(cfg, 1)
     shutil.copy(first.store.root / "feddpa_reference.safetensors", second.store.root / "feddpa_reference.safetensors")
     with pytest.raises(ClientStateError, match=r"feddpa_reference\.safetensors belongs to another run or client"):
-        second.feddpa_references()
+        feddpa_inference.client_references(second, 16)

@@ -35,29 +35,27 @@ from ..data.templates import get_template
 from ..data.tokenize import MultiTaskCollator, tokenize_examples
 from ..files import atomic_path
 from .algorithms import merge_base_deltas
-from .algorithms.base import FederatedMethod
+from .algorithms.base import AdapterSpec, FederatedMethod
 from .config import FederatedConfig
 from .keys import StateDict, describe_keys, parse_key
 
 
-def split_stack_key(key: str) -> tuple[int, str]:
-    """FLoRA payload keys are '<round>::<adapter key>' (see `session.stack_key`)."""
-    head, sep, rest = key.partition("::")
-    if not sep or not head.isdigit():
-        raise KeyError(f"{key!r} is not a stacked-payload key (expected '<round>::<adapter key>')")
-    return int(head), rest
-
 log = logging.getLogger("asymlora.federated")
-
-MODES = ("replace", "total", "stack")
-"""How a client takes in a payload: replace its shared factors (FedIT and kin), set its accumulator
-to a running total (the decomposition), or merge a stack into its base weights (FLoRA)."""
 
 _DELTA_PREFIX = "flora_base_delta::"
 
 
 class ClientStateError(ValueError):
     """A client's state directory does not belong to this run, or is damaged."""
+
+
+class StaleStateError(RuntimeError):
+    """The server believes this client has taken in a later round than its state holds (its state
+    directory was lost or replaced): the payload it sent assumes rounds the client does not have."""
+
+    def __init__(self, client_id: int, applied_round: int, base_round: int) -> None:
+        super().__init__(f"client {client_id} holds round {applied_round}, the server assumed round {base_round}")
+        self.applied_round = int(applied_round)
 
 
 def mix_seed(*parts: int) -> int:
@@ -116,31 +114,21 @@ def client_examples(client_id: int, *, data_dir: Optional[str] = None, train_fil
 
 
 # ---- the client's model ----------------------------------------------------------------------
+def adapter_spec(cfg: FederatedConfig, rank: int, seed: int) -> AdapterSpec:
+    return AdapterSpec(rank=int(rank), alpha=cfg.alpha_of(rank), dropout=float(cfg.lora_dropout),
+                       targets=tuple(cfg.targets), seed=int(seed), d_m=int(cfg.d_m))
+
+
 def build_peft_model(base: torch.nn.Module, cfg: FederatedConfig, rank: int, seed: int) -> Any:
-    """Wrap `base` (modified in place) in the adapter of `cfg.method` at `rank`, seeded."""
+    """Wrap `base` (modified in place) in the adapter the run's method builds at `rank`, seeded."""
     import warnings
 
-    from peft import LoraConfig, get_peft_model
+    import asymlora  # noqa: F401  (registers our layers with PEFT)
 
-    import asymlora  # noqa: F401  (registers the decomposed layer with PEFT)
-
-    alpha, dropout, targets = cfg.alpha_of(rank), float(cfg.lora_dropout), list(cfg.targets)
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
         torch.manual_seed(seed)
-        if cfg.uses_decomposition:
-            conf = asymlora.DecomposedLoRAConfig(
-                r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                intermediate_dim=cfg.d_m, shared_side="B" if cfg.method == "fedalora" else "A", init_seed=seed)
-            return get_peft_model(base, conf)
-        lora = lambda: LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # noqa: E731
-                                  target_modules=targets)
-        if cfg.method == "feddpa":
-            model = get_peft_model(base, lora(), adapter_name="global")
-            model.add_adapter("local", lora())
-            model.base_model.set_adapter(["global", "local"])
-            return model
-        return get_peft_model(base, lora())
+        return cfg.make_method(rank).build_model(base, adapter_spec(cfg, rank, seed))
 
 
 def rank_prefix(reference: torch.Tensor, shape: Sequence[int], key: str = "tensor") -> torch.Tensor:
@@ -534,38 +522,26 @@ class FederatedClient:
         self._merged = {}
 
     # ---- protocol ----------------------------------------------------------------------
-    def receive(self, payload: Mapping[str, torch.Tensor], payload_round: int, mode: str) -> bool:
-        """Take in the server's payload for `payload_round`; a payload already taken in is ignored.
-        Returns whether the state changed."""
-        if mode not in MODES:
-            raise ValueError(f"unknown payload mode {mode!r}; known: {', '.join(MODES)}")
+    def receive(self, payload: Mapping[str, torch.Tensor], payload_round: int, *, base_round: int = 0,
+                accepted: Optional[bool] = None, reason: str = "") -> bool:
+        """Take in the server's payload, which brings the client to round `payload_round` from round
+        `base_round` (what the server believes the client holds). A payload already taken in is
+        ignored. `accepted` says whether the server aggregated this client's update of
+        `payload_round` (None: it did not take part): only an accepted update is built on; a rejected
+        one is dropped and the client goes on from its last accepted state. Returns whether the
+        state changed."""
+        if self.applied_round < base_round:
+            raise StaleStateError(self.client_id, self.applied_round, base_round)
         if payload_round <= self.applied_round:
             return False
-        trained = self._trained
-        base = trained if trained is not None and trained.round == payload_round else self._applied
-        state, deltas = dict(base.state), dict(self._applied.base_deltas)
-        if payload:
-            if mode == "replace":
-                state = self.method.client_apply(state, payload)
-            elif mode == "total":
-                increment = {}
-                for key, total in payload.items():
-                    if key not in state:
-                        raise KeyError(f"client {self.client_id}: the payload carries {key!r}, which its state lacks")
-                    increment[key] = total.to(state[key].dtype) - state[key]
-                state = self.method.client_apply(state, increment)
-            else:
-                by_round: dict[int, StateDict] = {}
-                for key, value in payload.items():
-                    r, k = split_stack_key(key)
-                    by_round.setdefault(r, {})[k] = value
-                for r in sorted(by_round):
-                    if r <= self.applied_round:
-                        continue  # merged already; merging twice would count that round twice
-                    for module, d in self.method.base_weight_deltas(by_round[r]).items():
-                        d = d.detach().to("cpu", torch.float32)
-                        deltas[module] = deltas[module] + d if module in deltas else d
-                    state = self.method.client_apply(state, by_round[r])
+        trained = self._trained if self._trained is not None and self._trained.round == payload_round else None
+        if trained is not None and accepted is False:
+            log.warning("client %d: the server rejected its round %d update (%s); continuing from round %d's state",
+                        self.client_id, payload_round, reason or "no reason given", self.applied_round)
+            trained = None
+        start = trained or self._applied
+        state, deltas = self.method.payload.take(self.method, dict(start.state), dict(self._applied.base_deltas),
+                                                 payload, self.applied_round)
         self._applied = Snapshot(state, deltas, {"round": int(payload_round), "kind": "applied"})
         self.store.save("applied", self._applied)
         self.store.remove("trained")
@@ -583,10 +559,7 @@ class FederatedClient:
         features, _ = tokenize_examples(train, self._tokenizer, get_template(self.cfg.template, self._tokenizer),
                                         cutoff_len=self.cfg.cutoff_len)
         trainable = [k for k in self.method.trainable_keys(state) if k in dict(model.named_parameters())]
-        phases = [trainable]
-        if self.cfg.method == "feddpa":
-            # FedDPA: the global adapter, then the personal one, each with the other's output frozen
-            phases = [[k for k in trainable if parse_key(k).adapter == name] for name in ("global", "local")]
+        phases = self.method.training_phases(trainable)
         stats = []
         for i, keys in enumerate(phases):
             stats.append(local_train(
@@ -618,47 +591,20 @@ class FederatedClient:
                                      predictions_path=predictions_path, batch_size=self.cfg.eval_batch_size,
                                      max_new_tokens=self.cfg.max_new_tokens, progress=False)
 
-        if self.cfg.method == "feddpa" and self.cfg.feddpa_weighting == "dynamic":
-            from .feddpa_inference import InstanceAdapterWeights
+        with self.method.evaluation_context(self) as context:
+            result = run()
+        summary = context.summary() if context is not None and hasattr(context, "summary") else {}
+        metrics = {f"{self.method.name}_local_weight_{k}": v for k, v in summary.items() if k != "count"}
+        return EvalOutcome(dict(result.per_task), len(test), result.records, metrics)
 
-            references = self.feddpa_references()
-            with InstanceAdapterWeights(model, references, scale=self.cfg.feddpa_similarity_scale) as weighting:
-                result = run()
-            metrics = {f"feddpa_local_weight_{k}": v for k, v in weighting.summary().items() if k != "count"}
-            return EvalOutcome(dict(result.per_task), len(test), result.records, metrics)
-        result = run()
-        return EvalOutcome(dict(result.per_task), len(test), result.records)
+    def live_model(self) -> Any:
+        """The client's model holding its applied state (built on first use)."""
+        return self._ensure_model()
 
-    def feddpa_references(self) -> torch.Tensor:
-        """(K, hidden): FedDPA's stored sample of this client's training prompts, represented by
-        the frozen base model. Computed once (the base never changes) from a seeded sample and kept
-        in the client's private directory; it never leaves the node."""
-        if self._feddpa_references is not None:
-            return self._feddpa_references
-        from .feddpa_inference import REPRESENTATION, reference_representations
-
-        path = self.store.root / "feddpa_reference.safetensors"
-        train, _ = self.examples()
-        k = min(int(self.cfg.feddpa_reference_size), len(train))
-        chosen = sorted(torch.randperm(len(train), generator=generator(self.cfg.seed, self.client_id, 7))[:k].tolist())
-        settings = {"representation": REPRESENTATION, "model": self.cfg.model, "template": self.cfg.template,
-                    "examples": [train[i].id for i in chosen]}
-        if path.exists():
-            tensors, meta = read_safetensors(path)
-            if meta.get("identity") != self.store.identity:
-                raise ClientStateError(
-                    f"{path} belongs to another run or client ({meta.get('identity')}), not to "
-                    f"{self.store.identity}; point state_dir elsewhere or delete it")
-            if meta.get("settings") == settings and "references" in tensors:
-                self._feddpa_references = tensors["references"]
-                return self._feddpa_references
-            log.info("client %d: %s was made with other settings; recomputing it", self.client_id, path)
-        model = self._ensure_model()
-        refs = reference_representations(model, self._tokenizer, get_template(self.cfg.template, self._tokenizer),
-                                         [train[i] for i in chosen], batch_size=self.cfg.eval_batch_size)
-        atomic_save({"references": refs}, path, {"identity": self.store.identity, "settings": settings})
-        self._feddpa_references = refs
-        return refs
+    @property
+    def tokenizer(self) -> Any:
+        self._ensure_model()
+        return self._tokenizer
 
     def _pad_id(self) -> int:
         tok = self._tokenizer

@@ -107,8 +107,14 @@ def run_federate(args: argparse.Namespace) -> int:
             shutil.rmtree(cfg.client_state_root, ignore_errors=True)
     if args.engine == "local":
         from .engine import LocalEngine
+        from .flower.strategy import RoundFailedError
 
-        LocalEngine(cfg).run()
+        try:
+            LocalEngine(cfg).run()
+        except RoundFailedError as exc:
+            print(f"asymlora federate: error: {exc} (results so far in {out}; fix the cause and run again "
+                  "to resume)", file=sys.stderr)
+            return 1
     elif args.engine == "simulation":
         from .flower.launch import run_simulation_engine
 
@@ -127,6 +133,10 @@ def run_federate(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"asymlora federate: error: `flwr run` exited with code {code}", file=sys.stderr)
             return code
+    failed = _failed_rounds(out)
+    if failed:
+        print(f"asymlora federate: error: {failed}", file=sys.stderr)
+        return 1
     table = out / "results.md"
     if table.exists():
         print(table.read_text(encoding="utf-8"))
@@ -134,3 +144,19 @@ def run_federate(args: argparse.Namespace) -> int:
     else:
         print(f"no results in {out}: the ServerApp writes them where it runs (the SuperLink's machine)")
     return 0
+
+
+def _failed_rounds(out: "Path") -> str:
+    """Why the run in `out` did not succeed ("" if it did): a failed round, or no round evaluated."""
+    import json
+
+    path = out / "results.json"
+    if not path.exists():
+        return ""
+    results = json.loads(path.read_text(encoding="utf-8"))
+    last = (results.get("rounds") or [{}])[-1]
+    if last.get("failed"):
+        return f"round {last.get('round')}: {last['failed']}; see {out / 'results.json'}"
+    if results.get("summary", {}).get("final_round") is None:
+        return f"no round was evaluated; see {out / 'results.json'}"
+    return ""

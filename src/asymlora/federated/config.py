@@ -161,6 +161,9 @@ class FederatedConfig:
         opts: dict[str, Any] = {}
         if self.method == "flora" and rank is not None:
             opts["scaling"] = self.alpha_of(rank) / rank
+        if self.method == "feddpa":
+            opts.update(weighting=self.feddpa_weighting, similarity_scale=self.feddpa_similarity_scale,
+                        reference_size=self.feddpa_reference_size)
         return build_method(self.method, heterogeneous=self.is_heterogeneous, **opts)
 
     @property

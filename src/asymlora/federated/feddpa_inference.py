@@ -177,3 +177,36 @@ class InstanceAdapterWeights:
             return {}
         w = torch.cat(self.local_weights)
         return {"mean": float(w.mean()), "min": float(w.min()), "max": float(w.max()), "count": float(w.numel())}
+
+
+def client_references(client: Any, size: int) -> torch.Tensor:
+    """(K, hidden): FedDPA's stored sample of a client's training prompts, represented by the frozen
+    base model. Computed once (the base never changes) from a seeded sample and kept in the client's
+    private directory; it never leaves the node."""
+    from ..data.templates import get_template
+    from .client import ClientStateError, atomic_save, generator, read_safetensors
+
+    cached = getattr(client, "_feddpa_references", None)
+    if cached is not None:
+        return cached
+    path = client.store.root / "feddpa_reference.safetensors"
+    train, _ = client.examples()
+    k = min(int(size), len(train))
+    chosen = sorted(torch.randperm(len(train), generator=generator(client.cfg.seed, client.client_id, 7))[:k].tolist())
+    settings = {"representation": REPRESENTATION, "model": client.cfg.model, "template": client.cfg.template,
+                "examples": [train[i].id for i in chosen]}
+    if path.exists():
+        tensors, meta = read_safetensors(path)
+        if meta.get("identity") != client.store.identity:
+            raise ClientStateError(
+                f"{path} belongs to another run or client ({meta.get('identity')}), not to "
+                f"{client.store.identity}; point state_dir elsewhere or delete it")
+        if meta.get("settings") == settings and "references" in tensors:
+            client._feddpa_references = tensors["references"]
+            return client._feddpa_references
+    model = client.live_model()
+    refs = reference_representations(model, client.tokenizer, get_template(client.cfg.template, client.tokenizer),
+                                     [train[i] for i in chosen], batch_size=client.cfg.eval_batch_size)
+    atomic_save({"references": refs}, path, {"identity": client.store.identity, "settings": settings})
+    client._feddpa_references = refs
+    return refs

@@ -37,6 +37,22 @@ def method_label(cfg: FederatedConfig) -> str:
     return f"{name} (r={','.join(map(str, ranks))}" + (f", d_m={cfg.d_m})" if cfg.uses_decomposition else ")")
 
 
+def wire_traffic(record: Mapping[str, Any]) -> Optional[dict[str, float]]:
+    """Per client, the parameters and bytes of one round that crossed the wire in messages: the
+    mean upload over the clients that sent one, the mean download of the round's broadcast over
+    the clients that received it."""
+    wire = record.get("wire")
+    if not wire or not wire.get("upload"):
+        return None
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    up, down = list(wire["upload"].values()), list(wire.get("download", {}).values())
+    out = {"upload_params": mean([p for p, _ in up]), "upload_bytes": mean([b for _, b in up]),
+           "download_params": mean([p for p, _ in down]), "download_bytes": mean([b for _, b in down])}
+    out["total_params"] = out["upload_params"] + out["download_params"]
+    out["total_bytes"] = out["upload_bytes"] + out["download_bytes"]
+    return out
+
+
 def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
               model_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     evaluated = [h for h in history if h.get("eval")]
@@ -46,8 +62,9 @@ def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
         for cid, e in sorted(last["eval"].items(), key=lambda kv: int(kv[0])):
             clients[cid] = {"tasks": sorted(e["per_task"]), "score": e["score"], "per_task": e["per_task"],
                             **{k: v for k, v in e.items() if k.startswith("feddpa_")}}
-    comm_rounds = [h["comm"] for h in history if h.get("comm")]
-    full = [h["comm"] for h in history if h.get("comm") and len(h.get("accepted", [])) == cfg.n_clients]
+    comm_rounds = [w for h in history if h.get("comm") and (w := wire_traffic(h))]
+    full = [w for h in history if h.get("comm") and len(h.get("accepted", [])) == cfg.n_clients
+            and (w := wire_traffic(h))]
     measured = (full or comm_rounds)
     formula = formula_comm(cfg, model_config)
     summary: dict[str, Any] = {

@@ -1,20 +1,14 @@
 """The server's side of a run, engine-free: who takes part in a round, what each client is sent,
 what the server remembers between rounds, and its checkpoint.
 
-What a client is sent depends on how the method's broadcast is taken in (`client.MODES`):
-- replace (FedIT, FedDPA, FedSA-LoRA, Fed-ALoRA, ZeroPadding): the latest broadcast. A client that
-  sat rounds out simply takes the newest one.
-- total (the decomposition, Fed-ALoRA and FedSA-LoRA* with different ranks): each round's broadcast
-  is an increment to the accumulator B0 (A0). The server keeps the running total and sends that
-  instead -- the same shape, so the same traffic -- and the client sets its accumulator to it, so a
-  client that missed rounds loses nothing.
-- stack (FLoRA): each round's stack is merged into the clients' base weights. The server keeps the
-  stack of every round and sends a client the ones it has not merged yet (keys prefixed by their
-  round, `stack_key`), so a client that missed rounds catches up, and one that already merged a
-  round skips it.
+What the server keeps of each round and sends a client is the method's (`FederatedMethod.payload`:
+replace, running total or stack; see `algorithms.payloads`). The server also keeps, per client, the
+last round the client said it holds, so a payload goes to each client once.
 
 The checkpoint is one safetensors file (tensors, plus the history as JSON in its metadata) written
-atomically after every round: a run killed at any moment resumes from the last completed round.
+atomically twice a round: once the round is aggregated -- before anything of it leaves the server --
+and once it is evaluated. A run killed at any moment resumes where it stopped and never redoes an
+aggregation a client may already have taken in.
 """
 
 from __future__ import annotations
@@ -29,7 +23,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from .algorithms.base import FederatedMethod, Shape
-from .client import ClientStateError, atomic_save, build_peft_model, mix_seed, read_safetensors, split_stack_key
+from .algorithms.payloads import split_stack_key, stack_key
+from .client import ClientStateError, atomic_save, build_peft_model, mix_seed, read_safetensors
 from .config import FederatedConfig
 from .keys import StateDict, parse_key
 from .server import server_round as server_round_
@@ -40,14 +35,6 @@ log = logging.getLogger("asymlora.federated")
 CHECKPOINT = "server_state.safetensors"
 
 
-def payload_mode(cfg: FederatedConfig) -> str:
-    if cfg.method == "flora":
-        return "stack"
-    if cfg.uses_decomposition:
-        return "total"
-    return "replace"
-
-
 def sample_clients(client_ids: Sequence[int], fraction: float, min_clients: int, seed: int,
                    server_round: int) -> list[int]:
     """A seeded sample of ceil(fraction x n) clients (at least min_clients), fixed by (seed, round) so a
@@ -56,11 +43,6 @@ def sample_clients(client_ids: Sequence[int], fraction: float, min_clients: int,
     k = min(len(ids), max(min_clients, math.ceil(fraction * len(ids) - 1e-9), 1))
     rng = random.Random(mix_seed(seed, 7919, server_round))
     return sorted(rng.sample(ids, k))
-
-
-def stack_key(server_round: int, key: str) -> str:
-    """FLoRA payloads carry every missing round's stack, each key prefixed by its round."""
-    return f"{int(server_round)}::{key}"
 
 
 def upload_pattern(cfg: FederatedConfig, rank: Optional[int] = None) -> dict[str, Shape]:
@@ -80,62 +62,88 @@ def upload_pattern(cfg: FederatedConfig, rank: Optional[int] = None) -> dict[str
     return method.upload_pattern(method.client_upload(state))
 
 
+def partition_sizes(cfg: FederatedConfig) -> dict[int, int]:
+    """The most examples each client can train on, where the server can read the partitions (the
+    in-process engine and simulations; a deployment's server usually cannot, and checks nothing)."""
+    from ..data.records import load_examples
+
+    sizes: dict[int, int] = {}
+    root = Path(cfg.data_dir) if cfg.data_dir else None
+    for i in range(cfg.n_clients):
+        path = root / f"local_training_{i}.json" if root else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            n = len(load_examples(str(path)))
+        except (OSError, ValueError):
+            continue
+        sizes[i] = min(n, cfg.max_train_examples) if cfg.max_train_examples else n
+    return sizes
+
+
 @dataclass
 class ServerState:
-    """What the server holds between rounds. `round` is the last round completed (aggregated or
-    failed); `payload_round` the last one whose aggregate exists."""
+    """What the server holds between rounds. `round`: the last round aggregated (or failed);
+    `evaluated`: the last round whose evaluation is done (or not due); `kept`: the method's memory of
+    the broadcasts, round -> tensors; `applied`: per client, the last round it said it holds."""
 
     cfg: FederatedConfig
     round: int = 0
-    payload_round: int = 0
-    latest: StateDict = field(default_factory=dict)
-    stacks: dict[int, StateDict] = field(default_factory=dict)
+    evaluated: int = 0
+    kept: dict[int, StateDict] = field(default_factory=dict)
     applied: dict[int, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.method: FederatedMethod = self.cfg.make_method()
-        self.mode = payload_mode(self.cfg)
+        self.payload = self.method.payload
+
+    @property
+    def payload_round(self) -> int:
+        """The last round whose aggregate exists (0: none yet)."""
+        return max(self.kept) if self.kept else 0
+
+    @property
+    def latest(self) -> StateDict:
+        """What the server keeps of the last aggregated round (the broadcast, the running total, or
+        that round's stack)."""
+        return dict(self.kept.get(self.payload_round, {}))
 
     # ---- what a client is sent -----------------------------------------------------------
-    def payload_for(self, client: int) -> tuple[StateDict, int]:
-        """(tensors, the round they bring the client up to)."""
-        if self.mode != "stack":
-            return dict(self.latest), self.payload_round
+    def payload_for(self, client: int) -> tuple[StateDict, int, int]:
+        """(tensors, the round they bring the client up to, the round the server assumes it holds)."""
         have = self.applied.get(int(client), 0)
-        out: StateDict = {}
-        for r in sorted(self.stacks):
-            if r > have:
-                out.update({stack_key(r, k): v for k, v in self.stacks[r].items()})
-        return out, self.payload_round
+        return self.payload.send(self.kept, have), self.payload_round, have
 
-    def round_broadcast(self) -> StateDict:
-        """What an up-to-date client is sent after this round (for traffic accounting)."""
-        if self.mode == "stack":
-            return dict(self.stacks.get(self.payload_round, {}))
-        return dict(self.latest)
+    def verdict(self, client: int, server_round: int) -> tuple[Optional[bool], str]:
+        """Whether `client`'s update of `server_round` was aggregated (None: it did not take part),
+        and the reason when it was not."""
+        record = next((h for h in self.history if h.get("round") == server_round), None)
+        if record is None or int(client) not in record.get("participants", []):
+            return None, ""
+        if int(client) in record.get("accepted", []):
+            return True, ""
+        reasons = [r["reason"] for r in record.get("rejected", []) if r.get("client") == int(client)]
+        return False, "; ".join(reasons) or (record.get("failed") or "not aggregated")
 
-    def mark_applied(self, client: int, payload_round: int) -> None:
-        client = int(client)
-        self.applied[client] = max(self.applied.get(client, 0), int(payload_round))
+    def holds(self, client: int, applied_round: int) -> None:
+        """What the client said it holds; a smaller number than before means it lost its state."""
+        client, applied_round = int(client), int(applied_round)
+        before = self.applied.get(client, 0)
+        if applied_round < before:
+            log.warning("client %d holds round %d but had taken in round %d: its state was lost or replaced; "
+                        "it will be brought back from the server's copy", client, applied_round, before)
+        self.applied[client] = applied_round
 
     def complete_round(self, server_round: int, broadcast: Mapping[str, torch.Tensor]) -> None:
         broadcast = {k: v.detach().to("cpu") for k, v in broadcast.items()}
-        if self.mode == "replace":
-            self.latest = broadcast
-        elif self.mode == "total":
-            self.latest = {k: (self.latest[k] + v if k in self.latest else v.clone()) for k, v in broadcast.items()}
-        else:
-            self.stacks[server_round] = broadcast
-        self.payload_round = server_round
+        self.kept = self.payload.keep(self.kept, server_round, broadcast)
 
     # ---- checkpoint --------------------------------------------------------------------
     def save(self, directory: Path) -> Path:
-        tensors = {f"latest::{k}": v for k, v in self.latest.items()}
-        for r, stack in self.stacks.items():
-            tensors.update({f"stack::{r}::{k}": v for k, v in stack.items()})
-        meta = {"round": self.round, "payload_round": self.payload_round, "fingerprint": self.cfg.fingerprint(),
-                "method": self.cfg.method, "mode": self.mode,
+        tensors = {f"kept::{r}::{k}": v for r, kept in self.kept.items() for k, v in kept.items()}
+        meta = {"round": self.round, "evaluated": self.evaluated, "fingerprint": self.cfg.fingerprint(),
+                "method": self.cfg.method, "mode": self.payload.name,
                 "applied": {str(k): v for k, v in self.applied.items()}, "history": self.history}
         path = Path(directory) / CHECKPOINT
         atomic_save(tensors, path, meta)
@@ -151,18 +159,17 @@ class ServerState:
             raise ClientStateError(
                 f"{path} was written by a run with another configuration (method {meta.get('method')!r}); "
                 f"use a fresh output_dir, or --fresh to start over{cfg.resume_hint(meta.get('fingerprint'))}")
-        state = cls(cfg, round=int(meta["round"]), payload_round=int(meta["payload_round"]),
+        state = cls(cfg, round=int(meta["round"]), evaluated=int(meta.get("evaluated", meta["round"])),
                     applied={int(k): int(v) for k, v in meta.get("applied", {}).items()},
                     history=list(meta.get("history", [])))
         for key, value in tensors.items():
             kind, _, rest = key.partition("::")
-            if kind == "latest":
-                state.latest[rest] = value
-            elif kind == "stack":
-                r, _, k = rest.partition("::")
-                state.stacks.setdefault(int(r), {})[k] = value
-            else:
+            if kind == "latest":          # checkpoints written before `kept`
+                kind, rest = "kept", f"{int(meta['payload_round'])}::{rest}"
+            if kind not in ("kept", "stack"):
                 raise ClientStateError(f"{path}: unexpected tensor {key!r}")
+            r, k = split_stack_key(rest)
+            state.kept.setdefault(r, {})[k] = value
         return state
 
 
@@ -173,10 +180,21 @@ def numel(tensors: Mapping[str, Any]) -> int:
 def close_round(state: ServerState, server_round: int, participants: Sequence[int],
                 updates: Sequence[ClientUpdate], failures: Sequence[Rejection],
                 train: Mapping[int, Mapping[str, float]], expected: Optional[Mapping[str, Shape]] = None,
-                logger: Optional[logging.Logger] = None) -> dict[str, Any]:
+                logger: Optional[logging.Logger] = None,
+                partition_sizes: Optional[Mapping[int, int]] = None) -> dict[str, Any]:
     """Validate and aggregate one round's updates into `state`; the round's record for the history.
-    Too few valid updates leave the state as it was and mark the round failed (with every reason)."""
+    Too few valid updates leave the state as it was and mark the round failed (with every reason).
+    `partition_sizes`: the most examples each client can have; a larger claimed count is refused
+    (it would buy that client weight in the average)."""
     logger = logger or log
+    failures, kept_updates = list(failures), []
+    for u in updates:
+        cap = (partition_sizes or {}).get(int(u.client_id))
+        if cap is not None and isinstance(u.num_examples, int) and u.num_examples > cap:
+            failures.append(Rejection(u.client_id, f"claims {u.num_examples} examples; its partition holds {cap}"))
+        else:
+            kept_updates.append(u)
+    updates = kept_updates
     record: dict[str, Any] = {
         "round": int(server_round), "participants": [int(c) for c in participants], "accepted": [],
         "rejected": [{"client": int(r.client_id), "reason": r.reason} for r in failures], "failed": None,
@@ -200,5 +218,5 @@ def close_round(state: ServerState, server_round: int, participants: Sequence[in
     return record
 
 
-__all__ = ["ServerState", "payload_mode", "sample_clients", "stack_key", "split_stack_key", "upload_pattern", "numel",
+__all__ = ["ServerState", "partition_sizes", "sample_clients", "stack_key", "split_stack_key", "upload_pattern", "numel",
            "close_round", "CHECKPOINT"]

@@ -9,16 +9,31 @@ checked by hand without either of them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, ContextManager, Mapping, Optional, Sequence
 
 import torch
 
 from ..keys import ROLES, StateDict, describe_keys, group_by_module, parse_key, select
+from .payloads import REPLACE, Payload
 
 Shape = tuple[Optional[int], ...]
 """An expected shape; None marks a rank axis, free to differ from client to client."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The adapter one client trains: its rank and the run's adapter settings."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    seed: int
+    d_m: int = 16
 
 
 class FederatedMethod(ABC):
@@ -35,6 +50,25 @@ class FederatedMethod(ABC):
     rank_axes: ClassVar[Mapping[str, tuple[int, ...]]] = {}
     rank_pairs: ClassVar[tuple[tuple[str, int, str, int], ...]] = ()
     adapter: Optional[str] = None
+    payload: ClassVar[Payload] = REPLACE
+    """How the server keeps the broadcast and a client takes it in (see `payloads`)."""
+
+    # ---- the client's model ------------------------------------------------------------
+    def build_model(self, base: torch.nn.Module, spec: AdapterSpec) -> Any:
+        """`base` (modified in place) wrapped in this method's adapter; PEFT's LoRA unless the
+        method needs another layer."""
+        from peft import get_peft_model
+
+        return get_peft_model(base, lora_config(spec))
+
+    def training_phases(self, trainable: Sequence[str]) -> list[list[str]]:
+        """The keys trained together, phase after phase, in one round (one phase unless the method
+        trains its parts in turn)."""
+        return [list(trainable)]
+
+    def evaluation_context(self, client: Any) -> ContextManager[Optional[Any]]:
+        """Entered around a client's evaluation; what it yields may have `summary()` metrics."""
+        return contextlib.nullcontext()
 
     # ---- client side -----------------------------------------------------------------
     def client_upload(self, state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -120,6 +154,12 @@ class FederatedMethod(ABC):
         return problems
 
 
+def lora_config(spec: AdapterSpec) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
+
+
 # ---- shared arithmetic ------------------------------------------------------------------
 def example_weights(num_examples: Sequence[int], n_uploads: int) -> list[float]:
     """FedAvg weights p_i = n_i / sum_j n_j."""
@@ -200,6 +240,6 @@ def kaiming_uniform(shape: torch.Size | tuple[int, ...], like: torch.Tensor,
 
 
 __all__ = [
-    "FederatedMethod", "Shape", "ROLES", "example_weights", "weighted_mean", "fedavg",
+    "FederatedMethod", "AdapterSpec", "lora_config", "Shape", "ROLES", "example_weights", "weighted_mean", "fedavg",
     "replace_from", "kaiming_uniform", "same_keys",
 ]

@@ -20,12 +20,13 @@ twice would make the personalised model evaluated at the end of a round wrong.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from ..keys import StateDict, describe_keys, group_by_module, select, with_role
-from .base import FederatedMethod, example_weights, kaiming_uniform, weighted_mean
+from .base import AdapterSpec, FederatedMethod, example_weights, kaiming_uniform, weighted_mean
+from .payloads import RUNNING_TOTAL
 
 
 class _Decomposed(FederatedMethod):
@@ -34,6 +35,17 @@ class _Decomposed(FederatedMethod):
     accumulator: str
     redrawn: str       # re-drawn at round start
     zeroed: str        # zeroed at round start and after applying the broadcast
+    shared_side: str   # the decomposed layer's side that is shared
+    payload = RUNNING_TOTAL
+
+    def build_model(self, base: torch.nn.Module, spec: AdapterSpec) -> Any:
+        from peft import get_peft_model
+
+        from ...adapters import DecomposedLoRAConfig
+
+        return get_peft_model(base, DecomposedLoRAConfig(
+            r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets),
+            intermediate_dim=spec.d_m, shared_side=self.shared_side, init_seed=spec.seed))
 
     def shared_product(self, factors: Mapping[str, torch.Tensor], roles: Mapping[str, str]) -> torch.Tensor:
         return factors[roles[self.left]] @ factors[roles[self.right]]
@@ -98,6 +110,7 @@ class FedALoRAHet(_Decomposed):
     rank_pairs = (("declora_B2", 1, "declora_B1", 0),)
     left, right, accumulator = "declora_B2", "declora_B1", "declora_B0"
     redrawn, zeroed = "declora_B1", "declora_B2"
+    shared_side = "B"
 
 
 class FedSALoRAHet(_Decomposed):
@@ -108,6 +121,7 @@ class FedSALoRAHet(_Decomposed):
     rank_pairs = (("declora_A1", 1, "declora_A2", 0),)
     left, right, accumulator = "declora_A1", "declora_A2", "declora_A0"
     redrawn, zeroed = "declora_A1", "declora_A2"
+    shared_side = "A"
 
 
 def effective_delta(state: Mapping[str, torch.Tensor], module: str) -> torch.Tensor:

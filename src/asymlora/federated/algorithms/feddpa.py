@@ -32,11 +32,12 @@ Our exact choice (SPEC §2 leaves it open; see also docs/federated.md):
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, ContextManager, Mapping, Optional, Sequence
 
 import torch
 
 from ..keys import StateDict, describe_keys, parse_key
+from .base import AdapterSpec, lora_config
 from .fedit import FedIT
 
 TRAINING_WEIGHTS: tuple[float, float] = (1.0, 1.0)
@@ -51,11 +52,40 @@ DEFAULT_SIMILARITY_SCALE = 0.5
 class FedDPA(FedIT):
     name = "feddpa"
 
-    def __init__(self, global_adapter: str = "global", local_adapter: str = "local") -> None:
+    def __init__(self, global_adapter: str = "global", local_adapter: str = "local", weighting: str = "dynamic",
+                 similarity_scale: float = DEFAULT_SIMILARITY_SCALE, reference_size: int = 16) -> None:
         if global_adapter == local_adapter:
             raise ValueError(f"FedDPA needs two distinct adapter names, got {global_adapter!r} twice")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"feddpa weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         self.adapter = global_adapter
         self.local_adapter = local_adapter
+        self.weighting = weighting
+        self.similarity_scale = float(similarity_scale)
+        self.reference_size = int(reference_size)
+
+    def build_model(self, base: torch.nn.Module, spec: AdapterSpec) -> Any:
+        """Both LoRAs on the same layers, active together (PEFT sums them: `TRAINING_WEIGHTS`)."""
+        from peft import get_peft_model
+
+        model = get_peft_model(base, lora_config(spec), adapter_name=self.adapter)
+        model.add_adapter(self.local_adapter, lora_config(spec))
+        model.base_model.set_adapter([self.adapter, self.local_adapter])
+        return model
+
+    def training_phases(self, trainable: Sequence[str]) -> list[list[str]]:
+        """The global adapter, then the personal one, each with the other's output frozen."""
+        return [[k for k in trainable if parse_key(k).adapter == name] for name in (self.adapter, self.local_adapter)]
+
+    def evaluation_context(self, client: Any) -> ContextManager[Optional[Any]]:
+        """Dynamic weighting: each test instance weights the two adapters by its similarity to a stored
+        sample of the client's own training prompts (module docstring)."""
+        if self.weighting != "dynamic":
+            return super().evaluation_context(client)
+        from ..feddpa_inference import InstanceAdapterWeights, client_references
+
+        references = client_references(client, self.reference_size)
+        return InstanceAdapterWeights(client.live_model(), references, scale=self.similarity_scale)
 
     def client_upload(self, state: Mapping[str, torch.Tensor]) -> StateDict:
         if not any((p := parse_key(k)) is not None and p.adapter is not None for k in state):

@@ -18,10 +18,12 @@ from torch import nn
 
 from ..keys import StateDict, describe_keys, group_by_module, select
 from .base import FederatedMethod, example_weights, kaiming_uniform
+from .payloads import STACK
 
 
 class FLoRA(FederatedMethod):
     name = "flora"
+    payload = STACK
     upload_roles = ("lora_A", "lora_B")
     rank_axes = {"lora_A": (0,), "lora_B": (1,)}
     rank_pairs = (("lora_A", 0, "lora_B", 1),)

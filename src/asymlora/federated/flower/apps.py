@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from ..client import FederatedClient, process_base
+from ..client import FederatedClient, StaleStateError, process_base
 from ..config import FederatedConfig
 from .records import (
-    APPLIED_ROUND, ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, PAYLOAD_MODE, PAYLOAD_ROUND, RANK, SCORE,
-    SERVER_ROUND, TASK_SCORE, WRITE_PREDICTIONS, from_record, to_record,
+    ACCEPTED, APPLIED_ROUND, ARRAYS, BASE_ROUND, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, PAYLOAD_ROUND, RANK,
+    REASON, SCORE, SERVER_ROUND, STALE, TASK_SCORE, WRITE_PREDICTIONS, from_record, to_record,
 )
-from .strategies import make_strategy
+from .strategy import make_strategy
 
 log = logging.getLogger("asymlora.federated")
 
@@ -63,7 +63,12 @@ def build_server_app(defaults: Optional[Mapping[str, Any]] = None) -> ServerApp:
 
 
 # ---- client --------------------------------------------------------------------------------------
-def client_of(defaults: Optional[Mapping[str, Any]], context: Context) -> FederatedClient:
+ClientFactory = Callable[..., FederatedClient]
+"""Builds the client a node plays (`FederatedClient`'s signature); tests pass faulty subclasses."""
+
+
+def client_of(defaults: Optional[Mapping[str, Any]], context: Context,
+              factory: ClientFactory = FederatedClient) -> FederatedClient:
     cfg = run_config_of(defaults, context)
     node = dict(context.node_config)
     if PARTITION_ID not in node:
@@ -72,24 +77,34 @@ def client_of(defaults: Optional[Mapping[str, Any]], context: Context) -> Federa
     pid = int(node[PARTITION_ID])
     rank = node.get("rank")
     text = lambda k: str(node[k]) if node.get(k) not in (None, "") else None  # noqa: E731
-    return FederatedClient(cfg, pid, rank=int(rank) if rank not in (None, "") else None,
-                           data_dir=text("data-dir"), train_file=text("train-file"), test_file=text("test-file"),
-                           state_dir=text("state-dir"), base=process_base(cfg.model, cfg.device))
+    return factory(cfg, pid, rank=int(rank) if rank not in (None, "") else None,
+                   data_dir=text("data-dir"), train_file=text("train-file"), test_file=text("test-file"),
+                   state_dir=text("state-dir"), base=process_base(cfg.model, cfg.device))
 
 
 def _take_payload(client: FederatedClient, msg: Message) -> int:
+    """Take in the message's payload (raises `StaleStateError`); the round the message is for."""
     config = msg.content[CONFIG]
     payload = from_record(msg.content[ARRAYS]) if ARRAYS in msg.content.array_records else {}
-    client.receive(payload, int(config[PAYLOAD_ROUND]), str(config[PAYLOAD_MODE]))
+    accepted = int(config.get(ACCEPTED, -1))
+    client.receive(payload, int(config[PAYLOAD_ROUND]), base_round=int(config.get(BASE_ROUND, 0)),
+                   accepted=None if accepted < 0 else bool(accepted), reason=str(config.get(REASON, "")))
     return int(config[SERVER_ROUND])
 
 
-def build_client_app(defaults: Optional[Mapping[str, Any]] = None, mods: Optional[list] = None) -> ClientApp:
+def _stale(client: FederatedClient, msg: Message, exc: StaleStateError) -> Message:
+    log.warning("%s: asking the server to resend from round %d", exc, exc.applied_round)
+    metrics = MetricRecord({PARTITION_ID: client.client_id, APPLIED_ROUND: exc.applied_round, STALE: 1})
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+
+
+def build_client_app(defaults: Optional[Mapping[str, Any]] = None, mods: Optional[list] = None,
+                     factory: ClientFactory = FederatedClient) -> ClientApp:
     app = ClientApp(mods=mods)
 
     @app.query()
     def register(msg: Message, context: Context) -> Message:
-        client = client_of(defaults, context)
+        client = client_of(defaults, context, factory)
         metrics = MetricRecord({PARTITION_ID: client.client_id, RANK: client.rank,
                                 NUM_EXAMPLES: client.num_examples(), APPLIED_ROUND: client.applied_round})
         client.release()
@@ -97,25 +112,29 @@ def build_client_app(defaults: Optional[Mapping[str, Any]] = None, mods: Optiona
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        client = client_of(defaults, context)
+        client = client_of(defaults, context, factory)
         try:
             server_round = _take_payload(client, msg)
             fit = client.fit(server_round)
+        except StaleStateError as exc:
+            return _stale(client, msg, exc)
         finally:
             client.release()
-        metrics = MetricRecord({PARTITION_ID: client.client_id, NUM_EXAMPLES: fit.num_examples,
+        metrics = MetricRecord({PARTITION_ID: client.client_id, RANK: client.rank, NUM_EXAMPLES: fit.num_examples,
                                 APPLIED_ROUND: client.applied_round, **{k: float(v) for k, v in fit.metrics.items()}})
         return Message(RecordDict({ARRAYS: to_record(fit.upload), METRICS: metrics}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        client = client_of(defaults, context)
+        client = client_of(defaults, context, factory)
         try:
             server_round = _take_payload(client, msg)
             preds = None
             if bool(msg.content[CONFIG].get(WRITE_PREDICTIONS, False)):
                 preds = client.store.root / f"predictions-round{server_round}.jsonl"
             res = client.evaluate(preds)
+        except StaleStateError as exc:
+            return _stale(client, msg, exc)
         finally:
             client.release()
         metrics = MetricRecord({PARTITION_ID: client.client_id, NUM_EXAMPLES: res.num_examples,

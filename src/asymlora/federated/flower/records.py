@@ -18,8 +18,11 @@ METRICS = "metrics"
 
 SERVER_ROUND = "server-round"
 PAYLOAD_ROUND = "payload-round"
-PAYLOAD_MODE = "payload-mode"
+BASE_ROUND = "base-round"        # the round the server believes the client holds
+ACCEPTED = "update-accepted"     # the client's update of PAYLOAD_ROUND: 1 aggregated, 0 rejected, -1 not sent
+REASON = "reject-reason"
 WRITE_PREDICTIONS = "write-predictions"
+STALE = "stale"                  # reply: the client holds less than BASE_ROUND (APPLIED_ROUND says what)
 
 PARTITION_ID = "partition-id"
 NUM_EXAMPLES = "num-examples"
@@ -60,3 +63,19 @@ def from_record(rec: ArrayRecord) -> StateDict:
 def record_numel(rec: ArrayRecord) -> int:
     """Parameters carried, from the arrays' declared shapes."""
     return sum(int(math.prod(arr.shape)) for arr in rec.values())
+
+
+def record_bytes(rec: ArrayRecord) -> int:
+    """Bytes of the serialised arrays, as they travel."""
+    return sum(len(arr.data) for arr in rec.values())
+
+
+def payload_rounds(rec: ArrayRecord, payload_round: int, mode: str) -> dict[int, tuple[int, int]]:
+    """(parameters, bytes) of a payload per round it carries: a stacked payload carries several
+    rounds (keys `<round>::...`), any other only the newest."""
+    out: dict[int, tuple[int, int]] = {}
+    for key, arr in rec.items():
+        r = int(key.partition("::")[0]) if mode == "stack" else int(payload_round)
+        params, nbytes = out.get(r, (0, 0))
+        out[r] = (params + int(math.prod(arr.shape)), nbytes + len(arr.data))
+    return out

@@ -1,12 +1,23 @@
-"""The base of our Flower strategies: Flower's message-based `Strategy`, with the server side of a
-round delegated to the engine-free session (`ServerState`, `close_round`) the in-process engine
-uses too.
+"""The round loop, written once: a Flower `Strategy` whose `start` drives every engine -- Flower's
+simulation, a deployment, and the in-process engine (`inprocess.InProcessGrid`).
 
-Beyond a plain FedAvg loop it knows which SuperNode plays which client (a `query` message asks
-each node for its partition id and rank), samples clients by partition id with a seed, builds one
-payload per node (a client that missed rounds catches up), treats an error reply or a missing one
-as a failed client, rejects malformed updates with a logged reason, and checkpoints after every
-round so that a restarted ServerApp resumes where the last one stopped.
+A round: sample clients (seeded by round), send each its train message with the payload it lacks,
+collect the replies, validate and aggregate them (`session.close_round`), checkpoint, then send the
+round's broadcast with the evaluate messages and record the scores. What a method sends and keeps is
+the method's (`algorithms`); the loop knows none of them by name.
+
+The protocol around it, for a server and clients that can die at any moment:
+- the checkpoint is written once the round is aggregated, before anything of it leaves the server,
+  and again once it is evaluated: a resumed server never re-aggregates a round a client has taken in;
+- each message says which round the payload brings the client to and which round the server
+  believes it holds; a client holding less (its state directory was lost) answers "stale" with what
+  it holds, and is sent the payload again at once, from there;
+- each payload tells the client whether its update of that round was aggregated; a rejected client
+  goes on from its last accepted state;
+- every payload crosses the wire once per client: the server keeps what each client said it holds;
+  the traffic is counted from the messages themselves (`Traffic`);
+- a node claiming a partition another live node plays, or a rank other than the configured one, is
+  refused; a count of examples above the partition's size is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -22,89 +33,122 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from ..config import FederatedConfig
 from ..results import model_config_dict, write_results
-from ..session import CHECKPOINT, ServerState, close_round, payload_mode, sample_clients, upload_pattern
+from ..session import CHECKPOINT, ServerState, close_round, partition_sizes, sample_clients, upload_pattern
 from ..validation import ClientUpdate, Rejection
 from .records import (
-    APPLIED_ROUND, ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, PAYLOAD_MODE, PAYLOAD_ROUND, RANK, SCORE,
-    SERVER_ROUND, TASK_SCORE, WRITE_PREDICTIONS, WireError, from_record, record_numel, to_record,
+    ACCEPTED, APPLIED_ROUND, ARRAYS, BASE_ROUND, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, PAYLOAD_ROUND, RANK,
+    REASON, SCORE, SERVER_ROUND, STALE, TASK_SCORE, WRITE_PREDICTIONS, WireError, from_record, payload_rounds,
+    record_bytes, record_numel, to_record,
 )
 
 log = logging.getLogger("asymlora.federated")
 
+PHASES = ("sample", "train", "aggregate", "checkpoint", "evaluate")
+"""Points of a round at which `on_phase` is called (tests stop the server there)."""
+
+
+class RoundFailedError(RuntimeError):
+    """A round had fewer valid updates than `min_clients`: the run stops (it resumes from there)."""
+
+
+class Traffic:
+    """Parameters and bytes in the messages actually sent and received, per round and client."""
+
+    @staticmethod
+    def add(record: dict[str, Any], direction: str, client: int, params: int, nbytes: int) -> None:
+        wire = record.setdefault("wire", {"upload": {}, "download": {}})
+        params0, bytes0 = wire[direction].get(str(client), (0, 0))
+        wire[direction][str(client)] = (params0 + int(params), bytes0 + int(nbytes))
+
 
 class FederatedStrategy(Strategy):
-    """One method's strategy. Subclasses name the method and say, in their docstring, what crosses
-    the wire; `payload_mode` must agree with the session's (see `session.payload_mode`)."""
+    """The run of `cfg`. `on_phase(phase, round)` is called at each point of `PHASES`."""
 
-    method: ClassVar[str]
-    payload_modes: ClassVar[dict[bool, str]] = {False: "replace", True: "replace"}  # keyed by decomposition
-
-    def __init__(self, cfg: FederatedConfig, *, out_dir: Optional[Path] = None) -> None:
-        if cfg.method != self.method:
-            raise ValueError(f"{type(self).__name__} runs {self.method}, the config asks for {cfg.method}")
-        mode = self.payload_modes[cfg.uses_decomposition]
-        if mode != payload_mode(cfg):
-            raise AssertionError(f"{type(self).__name__}: payload mode {mode} disagrees with the session's")
+    def __init__(self, cfg: FederatedConfig, *, out_dir: Optional[Path] = None,
+                 on_phase: Optional[Callable[[str, int], None]] = None) -> None:
         self.cfg = cfg
         self.out = Path(out_dir or cfg.output_dir)
         self.server_dir = self.out / "server"
         self.state = ServerState.load(self.server_dir, cfg) or ServerState(cfg)
         self.expected = upload_pattern(cfg)
+        self.sizes = partition_sizes(cfg)
+        self.on_phase = on_phase
         self.nodes: dict[int, int] = {}      # node id -> partition id
-        self.ranks: dict[int, int] = {}      # partition id -> rank the node reported
-        self._sent: dict[int, int] = {}      # node id -> partition id, this round's train messages
-        self._record: Optional[dict[str, Any]] = None
+        self._sent: dict[int, int] = {}      # node id -> partition id (-1: not known yet), this round
+        self._grid: Any = None
         self._model_config: Optional[dict[str, Any]] = None
 
-    # ---- what is sent ------------------------------------------------------------------------
-    def payload(self, partition: int) -> tuple[ArrayRecord, int]:
-        tensors, payload_round = self.state.payload_for(partition)
-        return to_record(tensors), payload_round
-
+    # ---- messages ----------------------------------------------------------------------------
     def _message(self, node: int, kind: str, server_round: int, extra: Optional[dict[str, Any]] = None) -> Message:
-        if node in self.nodes:
-            arrays, payload_round = self.payload(self.nodes[node])
-        elif self.state.payload_round == 0:
-            arrays, payload_round = ArrayRecord(), 0  # nothing aggregated yet: the same for everyone
-        else:
+        pid = self.nodes.get(node)
+        if pid is None and self.state.payload_round:
             raise KeyError(f"node {node} has not said which client it plays")
-        config = ConfigRecord({SERVER_ROUND: server_round, PAYLOAD_ROUND: payload_round,
-                               PAYLOAD_MODE: self.state.mode, **(extra or {})})
+        tensors, payload_round, have = self.state.payload_for(pid) if pid is not None else ({}, 0, 0)
+        accepted, reason = self.state.verdict(pid, payload_round) if pid is not None else (None, "")
+        config = ConfigRecord({SERVER_ROUND: server_round, PAYLOAD_ROUND: payload_round, BASE_ROUND: have,
+                               ACCEPTED: -1 if accepted is None else int(accepted), REASON: reason, **(extra or {})})
+        arrays = to_record(tensors)
+        if pid is not None and len(arrays):
+            for r, (params, nbytes) in payload_rounds(arrays, payload_round, self.state.payload.name).items():
+                Traffic.add(self._record_of(r), "download", pid, params, nbytes)
         return Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node, message_type=kind)
+
+    def _record_of(self, server_round: int) -> dict[str, Any]:
+        return next(h for h in self.state.history if h["round"] == server_round)
+
+    def _exchange(self, grid: Grid, kind: str, server_round: int, messages: Iterable[Message]) -> list[Message]:
+        """Send `messages`; a node that answers "stale" (it holds less than the server believed) is
+        sent its message again at once, rebuilt from what it said it holds."""
+        timeout = self.cfg.client_timeout or self.cfg.round_timeout
+        messages = list(messages)
+        extra = {k: v for k, v in messages[0].content[CONFIG].items() if k == WRITE_PREDICTIONS} if messages else {}
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        stale = [r for r in replies if not r.has_error() and STALE in r.content[METRICS]]
+        if not stale:
+            return replies
+        for reply in stale:
+            node, m = reply.metadata.src_node_id, reply.content[METRICS]
+            self.state.holds(self.nodes.get(node, int(m[PARTITION_ID])), int(m[APPLIED_ROUND]))
+        again = [self._message(r.metadata.src_node_id, kind, server_round, extra) for r in stale]
+        return [r for r in replies if r not in stale] + list(grid.send_and_receive(again, timeout=timeout))
 
     # ---- who is who --------------------------------------------------------------------------
     def wait_for_nodes(self, grid: Grid, count: int) -> None:
         deadline = time.monotonic() + self.cfg.connect_timeout
         while len(list(grid.get_node_ids())) < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {count} SuperNodes connected "
-                                   f"within connect_timeout={self.cfg.connect_timeout:g}s")
+                raise TimeoutError(f"only {len(list(grid.get_node_ids()))} SuperNodes connected within "
+                                   f"connect_timeout={self.cfg.connect_timeout:g}s; min_clients is {count}")
             time.sleep(0.5)
 
-    def learn(self, node: int, partition: Any, rank: Any = None) -> Optional[int]:
-        """Record that `node` plays client `partition`; None for a claim outside the run."""
+    def learn(self, grid: Grid, node: int, partition: Any, rank: Any = None) -> Optional[int]:
+        """Record that `node` plays client `partition`; None (logged) for a claim refused: outside the
+        run, a partition another live node plays, or a rank other than the configured one."""
         try:
             pid = int(partition)
         except (TypeError, ValueError):
             pid = -1
         if not 0 <= pid < self.cfg.n_clients:
-            log.error("node %d claims partition %r; the run has clients 0..%d: ignored", node, partition,
+            log.error("node %d claims partition %r; the run has clients 0..%d: refused", node, partition,
                       self.cfg.n_clients - 1)
             return None
+        if rank is not None and int(rank) != self.cfg.rank_of(pid):
+            log.error("node %d claims partition %d with rank %s; the run gives it rank %d: refused", node, pid,
+                      rank, self.cfg.rank_of(pid))
+            return None
+        live = set(grid.get_node_ids())
         for other, p in list(self.nodes.items()):
             if p == pid and other != node:
+                if other in live:
+                    log.error("node %d claims partition %d, which node %d plays: refused", node, pid, other)
+                    return None
                 log.warning("client %d moved from node %d to node %d (a restarted SuperNode)", pid, other, node)
                 del self.nodes[other]
         self.nodes[node] = pid
-        if rank is not None:
-            self.ranks[pid] = int(rank)
         return pid
 
     def register(self, grid: Grid) -> None:
-        """Ask every node not yet known which client it plays (nodes may join or restart). Needed
-        before a round that samples clients or sends someone a payload; the first round of a run
-        in which everyone trains skips it (each ClientApp call is a fresh process, so every message
-        saved counts)."""
+        """Ask every node not yet known which client it plays (nodes may join or restart)."""
         new = [n for n in grid.get_node_ids() if n not in self.nodes]
         if not new:
             return
@@ -116,96 +160,109 @@ class FederatedStrategy(Strategy):
                 log.warning("node %d did not register: %s", node, reply.error.reason)
                 continue
             m = reply.content[METRICS]
-            pid = self.learn(node, m[PARTITION_ID], m[RANK])
+            pid = self.learn(grid, node, m[PARTITION_ID], m[RANK])
             if pid is not None:
-                self.state.mark_applied(pid, int(m[APPLIED_ROUND]))
+                self.state.holds(pid, int(m[APPLIED_ROUND]))
                 log.info("node %d plays client %d (rank %d, %d examples, at round %d)", node, pid, int(m[RANK]),
                          int(m[NUM_EXAMPLES]), int(m[APPLIED_ROUND]))
 
-    def _label(self, node: int) -> int:
-        """The client a node plays, or -(node + 1) while it is unknown (resolved after evaluation)."""
-        pid = self.nodes.get(node, self._sent.get(node, -1))
-        return pid if pid >= 0 else -(node + 1)
+    # ---- one round ---------------------------------------------------------------------------
+    def _phase(self, phase: str, server_round: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, server_round)
 
-    def _resolve_labels(self, record: dict[str, Any]) -> None:
-        """Unknown nodes that failed in the first round said who they are when they evaluated."""
-        for r in record.get("rejected", []):
-            if r["client"] < 0 and r.get("node") in self.nodes:
-                r["client"] = self.nodes[r.pop("node")]
-        record["participants"] = sorted(self.nodes.get(-p - 1, p) if p < 0 else p
-                                        for p in record.get("participants", []))
-
-    def _node_of(self, partition: int) -> int:
-        return next(n for n, p in self.nodes.items() if p == partition)
-
-    # ---- Flower's Strategy API ---------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        if self.cfg.fraction >= 1.0 and self.state.payload_round == 0 and not self.nodes:
+        """Sample the round's clients; each gets the payload it lacks."""
+        self._phase("sample", server_round)
+        first = self.state.payload_round == 0 and not self.nodes and self.cfg.fraction >= 1.0
+        if first:  # nothing to send anyone yet: every node trains, and says who it is in its reply
             self._sent = {n: -1 for n in grid.get_node_ids()}
         else:
             self.register(grid)
             partitions = sample_clients(sorted(set(self.nodes.values())), self.cfg.fraction,
                                         self.cfg.min_clients, self.cfg.seed, server_round)
-            self._sent = {self._node_of(p): p for p in partitions}
+            self._sent = {n: p for n, p in self.nodes.items() if p in partitions}
         log.info("round %d: training clients %s", server_round,
-                 sorted(self._sent.values()) if -1 not in self._sent.values() else "on every node")
+                 "on every node" if first else sorted(self._sent.values()))
         return [self._message(n, MessageType.TRAIN, server_round) for n in self._sent]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        """Validate and aggregate the round's updates into the server state; the round's record
+        goes into the history (with `failed` set when too few updates were valid)."""
+        wire: dict[str, Any] = {}
+        updates, failures, train = self._read_train_replies(self._grid, self._sent, replies, wire)
+        unknown = [n for n, p in self._sent.items() if p < 0]
+        if unknown:  # nodes that failed before saying who they are
+            self.register(self._grid)
+            relabel = {str(-(n + 1)): str(self.nodes[n]) for n in unknown if n in self.nodes}
+            failures = [Rejection(relabel.get(f.client_id, f.client_id), f.reason) for f in failures]
+            self._sent.update({n: self.nodes[n] for n in unknown if n in self.nodes})
+        participants = sorted(p if p >= 0 else -(n + 1) for n, p in self._sent.items())
+        record = close_round(self.state, server_round, participants, updates, failures, train, self.expected, log,
+                             partition_sizes=self.sizes)
+        record.update(wire)
+        self.state.round = server_round
+        self.state.history.append(record)
+        if record["failed"]:
+            return None, None
+        return to_record(self.state.kept[self.state.payload_round]), MetricRecord(
+            {"accepted": len(record["accepted"]), "rejected": len(record["rejected"])})
+
+    def train_round(self, grid: Grid, t: int) -> dict[str, Any]:
+        """Round `t` up to its checkpoint: sample, train, validate, aggregate, save."""
+        self._grid = grid
+        replies = self._exchange(grid, MessageType.TRAIN, t, self.configure_train(t, ArrayRecord(), ConfigRecord(), grid))
+        self._phase("train", t)
+        self.aggregate_train(t, replies)
+        self._phase("aggregate", t)
+        self.state.save(self.server_dir)
+        self._phase("checkpoint", t)
+        return self._record_of(t)
+
+    def _read_train_replies(self, grid: Grid, sent: dict[int, int], replies: Iterable[Message],
+                            record: dict[str, Any]) -> tuple[list[ClientUpdate], list[Rejection], dict[int, Any]]:
         updates: list[ClientUpdate] = []
         failures: list[Rejection] = []
         train: dict[int, dict[str, float]] = {}
-        wire_up: list[int] = []
         answered = set()
-        for reply in list(replies):
+        label = lambda n: sent.get(n, -1) if sent.get(n, -1) >= 0 else -(n + 1)  # noqa: E731
+        for reply in replies:
             node = reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                failures.append(Rejection(str(self._label(node)), f"crashed: {reply.error.reason}"))
+                failures.append(Rejection(str(label(node)), f"crashed: {reply.error.reason}"))
                 continue
             try:
                 m = reply.content[METRICS]
-                pid = self.learn(node, m[PARTITION_ID])
+                claimed = int(m[PARTITION_ID])
+                if sent[node] >= 0 and claimed != sent[node]:
+                    raise ValueError(f"node {node} was asked to train client {sent[node]} but answered as {claimed}")
+                pid = self.learn(grid, node, claimed, m[RANK] if RANK in m else None)
                 if pid is None:
-                    raise ValueError(f"partition id {m[PARTITION_ID]!r} outside the run")
-                self._sent[node] = pid
+                    raise ValueError(f"partition claim {m[PARTITION_ID]!r} refused (see the log)")
+                sent[node] = pid
                 tensors = from_record(reply.content[ARRAYS])
                 n = m[NUM_EXAMPLES]
-                self.state.mark_applied(pid, int(m[APPLIED_ROUND]))
+                self.state.holds(pid, int(m[APPLIED_ROUND]))
             except (KeyError, WireError, TypeError, ValueError) as exc:
-                failures.append(Rejection(str(self._label(node)), f"malformed reply: {exc}"))
+                failures.append(Rejection(str(label(node)), f"malformed reply: {exc}"))
                 continue
-            wire_up.append(record_numel(reply.content[ARRAYS]))
-            train[pid] = {k: float(v) for k, v in m.items() if k not in (PARTITION_ID, APPLIED_ROUND)}
+            Traffic.add(record, "upload", pid, record_numel(reply.content[ARRAYS]), record_bytes(reply.content[ARRAYS]))
+            train[pid] = {k: float(v) for k, v in m.items() if k not in (PARTITION_ID, APPLIED_ROUND, RANK)}
             updates.append(ClientUpdate(str(pid), tensors, n if isinstance(n, int) else -1))
         timeout = self.cfg.client_timeout or self.cfg.round_timeout
-        for node in self._sent:
+        for node in sent:
             if node not in answered:
-                failures.append(Rejection(str(self._label(node)), f"timed out: no reply within {timeout:g}s"))
-        participants = sorted(self._label(n) for n in self._sent)
-        record = close_round(self.state, server_round, participants, updates, failures, train, self.expected, log)
-        for r in record["rejected"]:
-            if r["client"] < 0:
-                r["node"] = -r["client"] - 1
-        if record["comm"] is not None:
-            sent = to_record(self.state.round_broadcast())
-            record["comm"]["wire_upload_params"] = sum(wire_up) / len(wire_up) if wire_up else 0
-            record["comm"]["wire_download_params"] = record_numel(sent)
-            record["comm"]["wire_download_bytes"] = sent.count_bytes()
-        self._record = record
-        if record["failed"]:
-            return None, None
-        return to_record(self.state.round_broadcast()), MetricRecord(
-            {"upload-params": float(record["comm"]["upload_params"]),
-             "download-params": float(record["comm"]["download_params"]),
-             "accepted": len(record["accepted"]), "rejected": len(record["rejected"])})
+                failures.append(Rejection(str(label(node)), f"timed out: no reply within {timeout:g}s"))
+        return updates, failures, train
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        extra = {WRITE_PREDICTIONS: server_round == self.cfg.rounds}
+        """Every known client gets the round's broadcast and scores its personalised model."""
         self.register(grid)
+        extra = {WRITE_PREDICTIONS: server_round == self.cfg.rounds}
         return [self._message(n, MessageType.EVALUATE, server_round, extra) for n in self.nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:
@@ -213,79 +270,81 @@ class FederatedStrategy(Strategy):
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                log.warning("round %d: client %d failed to evaluate: %s", server_round, self._label(node),
-                            reply.error.reason)
+                log.warning("round %d: node %d failed to evaluate: %s", server_round, node, reply.error.reason)
                 continue
             m = reply.content[METRICS]
-            pid = self.learn(node, m[PARTITION_ID])
-            if pid is None:
+            pid = self.nodes.get(node)
+            if pid is None or int(m[PARTITION_ID]) != pid:
+                log.error("round %d: node %d answered as client %s: evaluation ignored", server_round, node,
+                          m[PARTITION_ID])
                 continue
-            self.state.mark_applied(pid, int(m[APPLIED_ROUND]))
+            self.state.holds(pid, int(m[APPLIED_ROUND]))
             per_task = {k[len(TASK_SCORE):]: float(v) for k, v in m.items() if k.startswith(TASK_SCORE)}
             evals[str(pid)] = {"score": float(m[SCORE]), "per_task": per_task, "num_examples": int(m[NUM_EXAMPLES]),
-                               **{k: float(v) for k, v in m.items() if k.startswith("feddpa_")}}
-        if self._record is not None:
-            self._record["eval"] = dict(sorted(evals.items(), key=lambda kv: int(kv[0])))
+                               **{k: float(v) for k, v in m.items() if k.endswith(("_mean", "_min", "_max"))}}
+        self._record_of(server_round)["eval"] = dict(sorted(evals.items(), key=lambda kv: int(kv[0])))
         if not evals:
             return None
         return MetricRecord({SCORE: sum(e["score"] for e in evals.values()) / len(evals), "clients": len(evals)})
 
-    def summary(self) -> None:
-        log.info("%s: %s, %d clients, ranks %s, payload %s, fraction %.2f, min_clients %d", type(self).__name__,
-                 self.cfg.method, self.cfg.n_clients, self.cfg.client_ranks, self.state.mode, self.cfg.fraction,
-                 self.cfg.min_clients)
+    def evaluate_round(self, grid: Grid, t: int) -> Optional[MetricRecord]:
+        messages = self.configure_evaluate(t, ArrayRecord(), ConfigRecord(), grid)
+        metrics = self.aggregate_evaluate(t, self._exchange(grid, MessageType.EVALUATE, t, messages))
+        self._phase("evaluate", t)
+        return metrics
 
     # ---- the loop ----------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: Optional[ArrayRecord] = None, num_rounds: Optional[int] = None,
               timeout: Optional[float] = None, train_config: Optional[ConfigRecord] = None,
               evaluate_config: Optional[ConfigRecord] = None, evaluate_fn: Any = None) -> Result:
-        """Flower's round loop, resumable: rounds already in the checkpoint are skipped."""
+        """Rounds from where the checkpoint stopped to `num_rounds`; raises `RoundFailedError` when a
+        round has too few valid updates (after writing the results)."""
         from tqdm.auto import tqdm
 
         num_rounds = num_rounds or self.cfg.rounds
-        timeout = timeout or self.cfg.client_timeout or self.cfg.round_timeout
         self.summary()
-        if self.state.round:
-            log.info("resuming from %s: round %d of %d done", self.server_dir / CHECKPOINT, self.state.round,
+        if self.state.evaluated:
+            log.info("resuming from %s: round %d of %d done", self.server_dir / CHECKPOINT, self.state.evaluated,
                      num_rounds)
-        self.wait_for_nodes(grid, self.cfg.n_clients)
+        self.wait_for_nodes(grid, self.cfg.min_clients)
         result = Result()
-        bar = tqdm(range(self.state.round + 1, num_rounds + 1), desc=f"{self.cfg.method} rounds",
-                   initial=self.state.round, total=num_rounds, disable=not self.cfg.progress)
+        bar = tqdm(range(self.state.evaluated + 1, num_rounds + 1), desc=f"{self.cfg.method} rounds",
+                   initial=self.state.evaluated, total=num_rounds, disable=not self.cfg.progress)
         for t in bar:
             start = time.perf_counter()
-            self._record = None
-            replies = grid.send_and_receive(self.configure_train(t, ArrayRecord(), ConfigRecord(), grid),
-                                            timeout=timeout)
-            arrays, metrics = self.aggregate_train(t, replies)
-            if arrays is not None:
-                result.arrays = arrays
-            if metrics is not None:
-                result.train_metrics_clientapp[t] = metrics
+            record = self.train_round(grid, t) if self.state.round < t else self._record_of(t)
+            if record.get("failed"):
+                self.state.evaluated = t
+                self.state.save(self.server_dir)
+                self.write_results()
+                raise RoundFailedError(f"round {t}: {record['failed']}; rejected: "
+                                       + ("; ".join(f"client {r['client']}: {r['reason']}" for r in record["rejected"])
+                                          or "none"))
+            result.arrays = to_record(self.state.kept[self.state.payload_round])
             if t % self.cfg.eval_every == 0 or t == num_rounds:
-                replies = grid.send_and_receive(self.configure_evaluate(t, ArrayRecord(), ConfigRecord(), grid),
-                                                timeout=timeout)
-                ev = self.aggregate_evaluate(t, replies)
-                if ev is not None:
-                    result.evaluate_metrics_clientapp[t] = ev
-                    bar.set_postfix(avg=f"{float(ev[SCORE]):.2f}")
-            record = self._record or {"round": t}
-            if any(p < 0 for p in record.get("participants", [])):
-                self.register(grid)   # nodes that failed before saying who they are
-            self._resolve_labels(record)
-            record["seconds"] = time.perf_counter() - start
-            self.state.round = t
-            self.state.history.append(record)
+                metrics = self.evaluate_round(grid, t)
+                if metrics is not None:
+                    result.evaluate_metrics_clientapp[t] = metrics
+                    bar.set_postfix(avg=f"{float(metrics[SCORE]):.2f}")
+            record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - start
+            self.state.evaluated = t
             self.state.save(self.server_dir)
             self.write_results()
-            log.info("round %d done: accepted %s, rejected %s%s", t, record.get("accepted"),
-                     [r["client"] for r in record.get("rejected", [])],
-                     f", FAILED: {record['failed']}" if record.get("failed") else "")
+            log.info("round %d done: accepted %s, rejected %s", t, record.get("accepted"),
+                     [r["client"] for r in record.get("rejected", [])])
         bar.close()
         self.write_results()
         return result
+
+    def summary(self) -> None:
+        log.info("%s: %d clients, ranks %s, payload %s, fraction %.2f, min_clients %d", self.cfg.method,
+                 self.cfg.n_clients, self.cfg.client_ranks, self.state.payload.name, self.cfg.fraction,
+                 self.cfg.min_clients)
 
     def write_results(self) -> dict[str, Any]:
         if self._model_config is None:
             self._model_config = model_config_dict(self.cfg)
         return write_results(self.cfg, self.state.history, self.out, self._model_config)
+
+def make_strategy(cfg: FederatedConfig, **kwargs: Any) -> FederatedStrategy:
+    return FederatedStrategy(cfg, **kwargs)
