@@ -49,3 +49,25 @@ def test_deployment_needs_tls_or_an_explicit_insecure(tmp_path, model_dir, capsy
     toml = (tmp_path / "out" / "flower-app" / "pyproject.toml").read_text()
     assert 'serverapp = "asymlora.federated.flower.apps:server_app"' in toml
     assert 'method = "fedit"' in toml and 'ranks = "2,2"' in toml
+
+
+def test_a_run_in_which_every_client_fails_exits_non_zero_and_prints_no_scores(tmp_path, model_dir, capsys,
+                                                                               monkeypatch):
+    from asymlora.federated.client import FederatedClient
+
+    def crash(self, server_round):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(FederatedClient, "fit", crash)
+    cfg = tiny_config(tmp_path, model_dir, "fedalora", [2, 2], rounds=2)
+    path = write_yaml(tmp_path, cfg)
+    assert main(["federate", str(path), "--engine", "local"]) == 1
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("asymlora federate: error:")]
+    assert err == [f"asymlora federate: error: round 1: 0 valid update(s) of 2 sampled client(s), min_clients is 1; "
+                   "rejected: client 0: crashed: RuntimeError: CUDA error: out of memory; client 1: crashed: "
+                   f"RuntimeError: CUDA error: out of memory (results so far in {tmp_path / 'out'}; fix the cause "
+                   "and run again to resume)"]
+    assert "| Fed-ALoRA" not in captured.out                          # no table of an untrained model
+    (r1,) = json.loads((tmp_path / "out" / "results.json").read_text())["rounds"]
+    assert r1["failed"] and not r1.get("eval")
