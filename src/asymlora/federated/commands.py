@@ -21,8 +21,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `comm` and `federate` subcommands; handlers are `args.func(args) -> exit code`."""
+    """Add the `comm`, `federate` and `privacy` subcommands; handlers are `args.func(args) -> exit code`."""
     register_federate(subparsers)
+    register_privacy(subparsers)
     p = subparsers.add_parser(
         "comm", help="parameters and bytes each client sends and receives per round",
         description="Communication per client per round of a federated method, from a transformers "
@@ -160,3 +161,44 @@ def _failed_rounds(out: "Path") -> str:
     if results.get("summary", {}).get("final_round") is None:
         return f"no round was evaluated; see {out / 'results.json'}"
     return ""
+
+
+# ---- privacy -------------------------------------------------------------------------------------
+def register_privacy(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "privacy", help="epsilon of DP rounds (or the noise multiplier for a target epsilon), nothing run",
+        description="The (epsilon, delta) of T rounds of the subsampled Gaussian mechanism (central DP: "
+                    "clients sampled with probability Q, updates clipped, noise of std Z x the clip on the "
+                    "sum), from dp-accounting's RDP accountant. With --target-epsilon: the noise multiplier "
+                    "that reaches it.")
+    p.add_argument("--noise-multiplier", type=float, help="Z: noise std divided by the clipping norm")
+    p.add_argument("--target-epsilon", type=float, help="instead of Z: the epsilon to reach")
+    p.add_argument("--sample-rate", type=float, required=True, help="Q: probability that a client takes part "
+                                                                    "in a round (1 for local DP)")
+    p.add_argument("--rounds", type=int, required=True, help="T: rounds")
+    p.add_argument("--delta", type=float, required=True, help="delta, e.g. 1 / number of training examples")
+    p.add_argument("--json", action="store_true", help="print a JSON object (key epsilon, noise_multiplier)")
+    p.set_defaults(func=run_privacy)
+    return p
+
+
+def run_privacy(args: argparse.Namespace) -> int:
+    from .privacy import PrivacyError, budget, noise_for_epsilon
+
+    if (args.noise_multiplier is None) == (args.target_epsilon is None):
+        print("asymlora privacy: error: give exactly one of --noise-multiplier and --target-epsilon", file=sys.stderr)
+        return 2
+    try:
+        z = args.noise_multiplier
+        if z is None:
+            z = noise_for_epsilon(args.target_epsilon, args.sample_rate, args.rounds, args.delta)
+        result = budget(z, args.sample_rate, args.rounds, args.delta)
+    except PrivacyError as exc:
+        print(f"asymlora privacy: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"epsilon {result.epsilon:.4g} at delta {result.delta:g} after {result.rounds} rounds: noise "
+              f"multiplier {result.noise_multiplier:.4g}, sample rate {result.sample_rate:g} (RDP accountant)")
+    return 0
