@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from .aggregation import AggregationError
 from .algorithms.base import FederatedMethod, Shape
 from .algorithms.payloads import split_stack_key, stack_key
 from .client import ClientStateError, atomic_save, build_peft_model, mix_seed, read_safetensors
@@ -97,6 +98,8 @@ class ServerState:
     def __post_init__(self) -> None:
         self.method: FederatedMethod = self.cfg.make_method()
         self.payload = self.method.payload
+        self.combine: Optional[Any] = None
+        """Another rule than the method's weighted mean (set by the round loop; see `aggregation`)."""
 
     @property
     def payload_round(self) -> int:
@@ -204,11 +207,15 @@ def close_round(state: ServerState, server_round: int, participants: Sequence[in
         logger.warning("round %d: client %s: %s", server_round, r.client_id, r.reason)
     try:
         result = server_round_(state.method, updates, min_clients=state.cfg.min_clients, expected=expected,
-                               logger=logger)
+                               logger=logger, combine=state.combine)
     except NotEnoughClientsError as exc:
         record["rejected"] += [{"client": int(r.client_id), "reason": r.reason} for r in exc.rejected]
         record["failed"] = (f"{len(updates) - len(exc.rejected)} valid update(s) of {len(participants)} "
                             f"sampled client(s), min_clients is {state.cfg.min_clients}")
+        logger.error("round %d not aggregated: %s", server_round, record["failed"])
+        return record
+    except AggregationError as exc:
+        record["failed"] = str(exc)
         logger.error("round %d not aggregated: %s", server_round, record["failed"])
         return record
     state.complete_round(server_round, result.broadcast)

@@ -105,6 +105,27 @@ class FederatedMethod(ABC):
     def aggregate(self, uploads: Sequence[Mapping[str, torch.Tensor]], num_examples: Sequence[int]) -> StateDict:
         """The broadcast, from the clients' uploads weighted by their numbers of local examples."""
 
+    def combinable(self) -> str:
+        """Why another rule than the weighted mean (median, Krum..., secure aggregation's sum) cannot
+        combine this method's uploads; "" when it can (the broadcast is a mean of the uploads
+        themselves, same keys and shapes for every client)."""
+        return "its broadcast is not a weighted mean of the uploads"
+
+    def aggregate_with(self, combine: Any, uploads: Sequence[Mapping[str, torch.Tensor]],
+                       num_examples: Sequence[int]) -> StateDict:
+        """The broadcast by `combine(uploads, num_examples)` instead of the weighted mean."""
+        from ..aggregation import AggregationError
+
+        reason = self.combinable()
+        if reason:
+            raise AggregationError(f"{self.name}: {reason}")
+        example_weights(num_examples, len(uploads))
+        for key in same_keys(uploads, self.name):
+            if len({tuple(u[key].shape) for u in uploads}) > 1:
+                raise AggregationError(f"{self.name}: {key!r} differs in shape between uploads; the rule needs one "
+                                       "shape for all clients")
+        return combine([dict(u) for u in uploads], list(num_examples))
+
     # ---- accounting and checks ---------------------------------------------------------
     @staticmethod
     def count_params(tensors: Mapping[str, torch.Tensor]) -> int:

@@ -17,5 +17,8 @@ class FedIT(FederatedMethod):
     def aggregate(self, uploads: Sequence[Mapping[str, torch.Tensor]], num_examples: Sequence[int]) -> StateDict:
         return fedavg(uploads, num_examples, self.name)
 
+    def combinable(self) -> str:
+        return ""
+
     def client_apply(self, state: Mapping[str, torch.Tensor], broadcast: Mapping[str, torch.Tensor]) -> StateDict:
         return replace_from(state, broadcast, self.name)

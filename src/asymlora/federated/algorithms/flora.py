@@ -65,6 +65,9 @@ class FLoRA(FederatedMethod):
             deltas[module] = broadcast[roles["lora_B"]] @ broadcast[roles["lora_A"]]
         return deltas
 
+    def combinable(self) -> str:
+        return "it stacks the uploads along the rank axis; nothing is averaged"
+
     def client_apply(self, state: Mapping[str, torch.Tensor], broadcast: Mapping[str, torch.Tensor]) -> StateDict:
         """The stack goes into the base weight (see `base_weight_deltas`); it already contains this
         client's own p_i-weighted update, so the client's LoRA is emptied (B = 0) to count it once."""

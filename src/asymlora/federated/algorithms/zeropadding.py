@@ -46,6 +46,10 @@ class ZeroPadding(FederatedMethod):
             out[key] = weighted_mean([pad_rank(up[key], axis, r_max) for up in uploads], weights)
         return out
 
+    def combinable(self) -> str:
+        return ("it pads each client's factors to the round's largest rank before averaging; another rule would "
+                "treat the padding zeros as values")
+
     def client_apply(self, state: Mapping[str, torch.Tensor], broadcast: Mapping[str, torch.Tensor]) -> StateDict:
         new = dict(state)
         for key, value in broadcast.items():
