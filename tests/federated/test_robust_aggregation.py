@@ -99,3 +99,69 @@ def test_rules_are_refused_where_nothing_is_averaged(method, reason):
 def test_bad_rules(rule, message):
     with pytest.raises(AggregationError, match=message):
         make_combine(rule)
+
+
+# ---- in a run ---------------------------------------------------------------------------------------
+def run_attacked(tmp_path, model_dir, aggregation, **kw):
+    from asymlora.federated.client import FederatedClient
+    from asymlora.federated.engine import LocalEngine
+    from asymlora.federated.session import ServerState
+
+    from .runtime_helpers import tiny_config
+
+    sent = {}
+
+    class Recording(FederatedClient):
+        def fit(self, server_round):
+            fit = super().fit(server_round)
+            sent[self.client_id] = fit.upload
+            return fit
+
+    cfg = tiny_config(tmp_path / aggregation, model_dir, "fedalora", [2, 2, 2, 2, 2], rounds=1, aggregation=aggregation,
+                      byzantine={"clients": [4], "kind": "scale", "factor": 100.0}, **kw)
+    summary = LocalEngine(cfg, client_factory=Recording).run()
+    assert summary["aggregation"] == ("fedavg, " if aggregation == "fedavg" else f"{aggregation}; ") \
+        + "simulated attack: clients 4 send scale uploads (factor 100)"
+    return sent, ServerState.load(cfg.output_dir + "/server", cfg).latest
+
+
+def test_a_scaled_attacker_in_a_run_poisons_fedavg_not_the_median(tmp_path, model_dir):
+    sent, avg = run_attacked(tmp_path, model_dir, "fedavg")
+    _, med = run_attacked(tmp_path, model_dir, "median")
+    honest = [sent[c] for c in range(4)]
+    for key in avg:
+        stack = torch.stack([u[key] for u in honest])
+        lo, hi = stack.min(0).values - 1e-6, stack.max(0).values + 1e-6
+        assert torch.equal(sent[4][key], sent[4][key]) and sent[4][key].abs().max() > 10 * stack.abs().max()
+        assert bool(((med[key] >= lo) & (med[key] <= hi)).all())
+        assert not bool(((avg[key] >= lo) & (avg[key] <= hi)).all())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"method": "flora", "ranks": [2, 1], "aggregation": "median"},
+     "aggregation median cannot apply to flora: it stacks the uploads along the rank axis"),
+    ({"aggregation": "krum", "byzantine_clients": 1, "ranks": [2, 2, 2, 2]},
+     r"krum with byzantine_clients 1 needs at least 5 uploads \(2f \+ 3\), got 4"),
+    ({"aggregation": "trimmed_mean", "trim_fraction": 0.6}, r"trim_fraction must be in \[0, 0.5\), got 0.6"),
+    ({"byzantine": {"clients": [7], "kind": "scale"}}, r"byzantine.clients: expected a non-empty list of client ids "
+                                                       r"in 0..1, got \[7\]"),
+    ({"byzantine": {"clients": [1], "kind": "flip"}}, "byzantine.kind: expected one of scale, sign_flip, gaussian, nan"),
+])
+def test_protection_settings_are_checked_before_anything_loads(tmp_path, overrides, message):
+    from asymlora.federated.config import ConfigError, FederatedConfig
+
+    base = dict(model="m", data_dir="d", output_dir="o", method="fedalora", ranks=[2, 2])
+    with pytest.raises(ConfigError, match=message):
+        FederatedConfig(**{**base, **overrides})
+
+
+def test_attack_kinds():
+    from asymlora.federated.byzantine import Attack
+
+    up = {"k": torch.tensor([[1.0, -2.0], [3.0, 4.0]])}
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(Attack((0,), "scale", 10.0).corrupt(up, g)["k"], up["k"] * 10)
+    assert torch.equal(Attack((0,), "sign_flip").corrupt(up, g)["k"], -up["k"])
+    assert torch.isnan(Attack((0,), "nan").corrupt(up, g)["k"]).all()
+    noisy = Attack((0,), "gaussian", 2.0).corrupt(up, g)["k"]
+    assert noisy.shape == up["k"].shape and not torch.equal(noisy, up["k"])

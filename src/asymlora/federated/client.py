@@ -574,7 +574,11 @@ class FederatedClient:
         self.store.save("trained", self._trained)
         metrics = {"train_loss": sum(s.loss for s in stats) / len(stats), "steps": float(sum(s.steps for s in stats)),
                    "train_seconds": sum(s.seconds for s in stats)}
-        return FitResult(self.method.client_upload(new_state), n, metrics)
+        upload = self.method.client_upload(new_state)
+        attack = self.cfg.attack
+        if attack is not None and self.client_id in attack.clients:  # a simulated Byzantine client
+            upload = attack.corrupt(upload, generator(seed, 99))
+        return FitResult(upload, n, metrics)
 
     def evaluate(self, predictions_path: Optional[Path] = None,
                  examples: Optional[Sequence[Example]] = None) -> EvalOutcome:

@@ -14,7 +14,9 @@ from typing import Any, Mapping, Optional, Union
 from ..files import read_settings
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
+from .aggregation import AggregationError, AggregationRule
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
+from .byzantine import Attack
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,15 @@ class FederatedConfig:
     state_dir: Optional[str] = field(default=None, metadata=_help("clients' private state; default output_dir/clients"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:0, ..."))
     progress: bool = field(default=True, metadata=_help("tqdm progress bars"))
+    aggregation: str = field(default="fedavg", metadata=_help(
+        "how the server combines uploads: fedavg | median | trimmed_mean | krum | multikrum | bulyan "
+        "(Flower's functions; not for FLoRA, ZeroPadding or uploaded factors)"))
+    trim_fraction: float = field(default=0.2, metadata=_help("trimmed_mean: fraction cut at each end, in [0, 0.5)"))
+    byzantine_clients: int = field(default=0, metadata=_help("krum, multikrum, bulyan: Byzantine clients assumed"))
+    multikrum_keep: Optional[int] = field(default=None, metadata=_help("multikrum: uploads averaged (default n - f)"))
+    byzantine: Optional[dict] = field(default=None, metadata=_help(
+        "simulated attacker, for evaluation: {clients: [ids], kind: scale|sign_flip|gaussian|nan, factor: x}; "
+        "the named clients send corrupted uploads, their own training is untouched"))
     round_timeout: float = field(default=3600.0, metadata=_help("Flower: seconds to wait for replies"))
     connect_timeout: float = field(default=600.0, metadata=_help("Flower: seconds to wait for all nodes"))
 
@@ -128,9 +139,41 @@ class FederatedConfig:
         if self.min_clients > self.n_clients:
             raise ConfigError(f"min_clients {self.min_clients} exceeds the {self.n_clients} clients of the run")
         try:
-            self.make_method()
+            method = self.make_method()
         except ValueError as exc:
             raise ConfigError(f"method: {exc}") from None
+        self._check_protections(method)
+
+    def _check_protections(self, method: FederatedMethod) -> None:
+        rule = self.aggregation_rule
+        try:
+            rule.check()
+            if rule.name != "fedavg":
+                reason = method.combinable()
+                if reason:
+                    raise AggregationError(f"aggregation {rule.name} cannot apply to {self.method}: {reason}")
+                rule.check_count(self.sampled_clients)
+        except AggregationError as exc:
+            raise ConfigError(f"aggregation: {exc}" if not str(exc).startswith("aggregation") else str(exc)) from None
+        try:
+            self.attack
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def aggregation_rule(self) -> AggregationRule:
+        return AggregationRule(self.aggregation, float(self.trim_fraction), self.byzantine_clients, self.multikrum_keep)
+
+    @property
+    def attack(self) -> Optional[Attack]:
+        return Attack.from_setting(self.byzantine, self.n_clients)
+
+    @property
+    def sampled_clients(self) -> int:
+        """Clients sampled per round (`session.sample_clients`)."""
+        import math
+
+        return min(self.n_clients, max(self.min_clients, math.ceil(self.fraction * self.n_clients - 1e-9), 1))
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -232,7 +275,9 @@ class FederatedConfig:
         """Flower's run config holds scalars only: lists become comma-separated strings, None "" ."""
         out: dict[str, Union[str, int, float, bool]] = {}
         for k, v in self.to_dict().items():
-            if isinstance(v, list):
+            if isinstance(v, dict):
+                v = json.dumps(v, sort_keys=True)
+            elif isinstance(v, list):
                 v = ",".join(str(x) for x in v)
             elif v is None:
                 v = ""
@@ -246,11 +291,17 @@ class FederatedConfig:
         for k, v in run_config.items():
             if k in fields and v == "" and k not in ("model", "data_dir", "method", "output_dir"):
                 data[k] = None
+            elif k in ("byzantine",) and isinstance(v, str):
+                data[k] = json.loads(v)
             elif k in ("ranks",) and isinstance(v, str):
                 data[k] = [int(x) for x in v.split(",") if x.strip()]
             else:
                 data[k] = v
         return cls.from_dict(data, source=source)
+
+
+_ADDED_LATER: dict[str, Any] = {"aggregation": "fedavg", "trim_fraction": 0.2, "byzantine_clients": 0,
+                                "multikrum_keep": None, "byzantine": None}
 
 
 def _fingerprint(values: Mapping[str, Any]) -> str:
@@ -260,6 +311,9 @@ def _fingerprint(values: Mapping[str, Any]) -> str:
             and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
     if keep["client_init"] == "own":
         del keep["client_init"]
+    for key, default in _ADDED_LATER.items():   # at their defaults they leave older runs' fingerprints alone
+        if keep.get(key, default) == default:
+            keep.pop(key, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -271,7 +325,7 @@ def _positive_int(value: Any, name: str) -> None:
 def _coerce(key: str, value: Any, source: str) -> Any:
     """YAML and Flower's run config give ints where floats are meant and strings for lists."""
     if key in ("lr", "weight_decay", "local_epochs", "fraction", "lora_dropout", "lora_alpha", "client_timeout",
-               "round_timeout", "connect_timeout", "feddpa_similarity_scale"):
+               "round_timeout", "connect_timeout", "feddpa_similarity_scale", "trim_fraction"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -290,7 +344,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "targets" and isinstance(value, str):
         return [t.strip() for t in value.split(",") if t.strip()]
     if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir",
-               "feddpa_weighting", "client_init") and value is not None \
+               "feddpa_weighting", "client_init", "aggregation") and value is not None \
             and not isinstance(value, str):
         raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
     return value

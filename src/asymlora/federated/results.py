@@ -37,6 +37,23 @@ def method_label(cfg: FederatedConfig) -> str:
     return f"{name} (r={','.join(map(str, ranks))}" + (f", d_m={cfg.d_m})" if cfg.uses_decomposition else ")")
 
 
+def protection_note(cfg: FederatedConfig) -> str:
+    """The aggregation rule and the simulated attack, when they are not plain FedAvg without one."""
+    rule = cfg.aggregation_rule
+    parts = []
+    if rule.name != "fedavg":
+        params = {"trimmed_mean": f"trim {rule.trim_fraction:g}", "krum": f"f = {rule.byzantine}",
+                  "multikrum": f"f = {rule.byzantine}, keep {rule.keep or 'n - f'}",
+                  "bulyan": f"f = {rule.byzantine}"}.get(rule.name)
+        parts.append(rule.name + (f" ({params})" if params else ""))
+    attack = cfg.attack
+    if attack is not None:
+        parts.append(f"{'fedavg, ' if rule.name == 'fedavg' else ''}simulated attack: clients "
+                     f"{','.join(map(str, attack.clients))} send {attack.kind} uploads"
+                     + (f" (factor {attack.factor:g})" if attack.factor is not None else ""))
+    return "; ".join(parts)
+
+
 def wire_traffic(record: Mapping[str, Any]) -> Optional[dict[str, float]]:
     """Per client, the parameters and bytes of one round that crossed the wire in messages: the
     mean upload over the clients that sent one, the mean download of the round's broadcast over
@@ -69,7 +86,7 @@ def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
     formula = formula_comm(cfg, model_config)
     summary: dict[str, Any] = {
         "method": cfg.method, "label": method_label(cfg), "heterogeneous": cfg.is_heterogeneous,
-        "client_init": cfg.client_init,
+        "client_init": cfg.client_init, "aggregation": protection_note(cfg) or "fedavg",
         "ranks": cfg.client_ranks, "d_m": cfg.d_m if cfg.uses_decomposition else None,
         "rounds_completed": len(history), "rounds_failed": [h["round"] for h in history if h.get("failed")],
         "final_round": last["round"] if last else None, "clients": clients,
@@ -101,7 +118,8 @@ def markdown(cfg: FederatedConfig, summary: Mapping[str, Any], history: Sequence
              f"Scores after round {summary['final_round']} (each client's own task, personalised model; "
              "ROUGE-1 or accuracy, %). Params.(M): per client per round, upload + download. Initial adapters: "
              + ("one shared draw (client_init: shared)." if cfg.client_init == "shared"
-                else "one draw per client (client_init: own)."), "",
+                else "one draw per client (client_init: own).")
+             + (f" Aggregation: {protection_note(cfg)}." if protection_note(cfg) else ""), "",
              "| Method | " + " | ".join(heads) + " | Avg. | Params.(M) sent | Params.(M) formula | paper's count |",
              "|" + "---|" * (len(heads) + 5)]
     cells = [summary["label"], *(_fmt(c["score"]) for c in clients.values()), _fmt(summary["avg"]),

@@ -70,6 +70,10 @@ class FederatedStrategy(Strategy):
         self.out = Path(out_dir or cfg.output_dir)
         self.server_dir = self.out / "server"
         self.state = ServerState.load(self.server_dir, cfg) or ServerState(cfg)
+        if cfg.aggregation != "fedavg":
+            from .robust import make_combine
+
+            self.state.combine = make_combine(cfg.aggregation_rule)
         self.expected = upload_pattern(cfg)
         self.sizes = partition_sizes(cfg)
         self.on_phase = on_phase
