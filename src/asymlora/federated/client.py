@@ -36,6 +36,7 @@ from ..data.tokenize import MultiTaskCollator, tokenize_examples
 from ..files import atomic_path
 from .algorithms import merge_base_deltas
 from .algorithms.base import AdapterSpec, FederatedMethod
+from .algorithms.payloads import REPLACE, FromStart, Payload
 from .config import FederatedConfig
 from .keys import StateDict, describe_keys, parse_key
 
@@ -460,6 +461,7 @@ class FederatedClient:
         self._applied = self.store.load("applied")
         if self._applied is None:
             self._applied = self._initial_snapshot()
+            self.store.save("initial", Snapshot(self._applied.state, {}, {"round": 0, "kind": "initial"}))
             self.store.save("applied", self._applied)
         self._trained = self.store.load("trained")
 
@@ -540,13 +542,24 @@ class FederatedClient:
                         self.client_id, payload_round, reason or "no reason given", self.applied_round)
             trained = None
         start = trained or self._applied
-        state, deltas = self.method.payload.take(self.method, dict(start.state), dict(self._applied.base_deltas),
-                                                 payload, self.applied_round)
+        state, deltas = self.payload().take(self.method, dict(start.state), dict(self._applied.base_deltas),
+                                            payload, self.applied_round)
         self._applied = Snapshot(state, deltas, {"round": int(payload_round), "kind": "applied"})
         self.store.save("applied", self._applied)
         self.store.remove("trained")
         self._trained = None
         return True
+
+    def payload(self) -> Payload:
+        """How this client takes in a payload: the method's way, or under DP on a replaced factor its
+        initial factors plus the server's running total (`dp`)."""
+        if self.cfg.dp_settings is None or self.method.payload is not REPLACE:
+            return self.method.payload
+        initial = self.store.load("initial")
+        if initial is None:
+            raise ClientStateError(f"{self.store.root}: no initial.safetensors; DP needs the client's initial "
+                                   "adapter (start the run afresh)")
+        return FromStart(self.method.client_upload(initial.state))
 
     def fit(self, server_round: int) -> FitResult:
         """Local training for `server_round`, always from the applied state (so a repeated round
@@ -575,6 +588,9 @@ class FederatedClient:
         metrics = {"train_loss": sum(s.loss for s in stats) / len(stats), "steps": float(sum(s.steps for s in stats)),
                    "train_seconds": sum(s.seconds for s in stats)}
         upload = self.method.client_upload(new_state)
+        if self.cfg.dp_settings is not None:   # DP clips and noises updates, not values (`dp`)
+            before = self.method.client_upload(state)
+            upload = {k: v - before[k] for k, v in upload.items()}
         attack = self.cfg.attack
         if attack is not None and self.client_id in attack.clients:  # a simulated Byzantine client
             upload = attack.corrupt(upload, generator(seed, 99))

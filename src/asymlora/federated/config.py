@@ -17,6 +17,7 @@ from .algorithms.base import FederatedMethod
 from .aggregation import AggregationError, AggregationRule
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
 from .byzantine import Attack
+from .dp import DPSettings
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,9 @@ class FederatedConfig:
     byzantine: Optional[dict] = field(default=None, metadata=_help(
         "simulated attacker, for evaluation: {clients: [ids], kind: scale|sign_flip|gaussian|nan, factor: x}; "
         "the named clients send corrupted uploads, their own training is untouched"))
+    dp: Optional[dict] = field(default=None, metadata=_help(
+        "differential privacy on the uploaded updates: {mode: central|local, clipping: server|client|adaptive, "
+        "clip_norm, noise_multiplier, delta, target_quantile, clip_learning_rate, clipped_count_stddev}"))
     round_timeout: float = field(default=3600.0, metadata=_help("Flower: seconds to wait for replies"))
     connect_timeout: float = field(default=600.0, metadata=_help("Flower: seconds to wait for all nodes"))
 
@@ -157,8 +161,29 @@ class FederatedConfig:
             raise ConfigError(f"aggregation: {exc}" if not str(exc).startswith("aggregation") else str(exc)) from None
         try:
             self.attack
+            settings = self.dp_settings
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if settings is not None:
+            reason = method.combinable()
+            if reason:
+                raise ConfigError(f"dp: cannot protect {self.method}'s uploads: {reason}")
+            if rule.name != "fedavg":
+                raise ConfigError(f"dp: the noise is calibrated to the mean of clipped updates; it cannot be combined "
+                                  f"with aggregation {rule.name}")
+            count_std = settings.clipped_count_stddev or self.sampled_clients / 20
+            if settings.clipping == "adaptive" and settings.noise_multiplier > 0 \
+                    and settings.noise_multiplier >= 2 * count_std:
+                raise ConfigError(f"dp: adaptive clipping spends part of the noise on the count of clipped updates; "
+                                  f"noise_multiplier {settings.noise_multiplier:g} needs dp.clipped_count_stddev > "
+                                  f"{settings.noise_multiplier / 2:g} (default: sampled clients / 20 = "
+                                  f"{self.sampled_clients / 20:g})")
+            if method.payload.name == "replace" and self.client_init != "shared":
+                raise ConfigError("dp: clients send updates from one common start; set client_init: shared")
+
+    @property
+    def dp_settings(self) -> Optional[DPSettings]:
+        return DPSettings.from_setting(self.dp)
 
     @property
     def aggregation_rule(self) -> AggregationRule:
@@ -291,7 +316,7 @@ class FederatedConfig:
         for k, v in run_config.items():
             if k in fields and v == "" and k not in ("model", "data_dir", "method", "output_dir"):
                 data[k] = None
-            elif k in ("byzantine",) and isinstance(v, str):
+            elif k in ("byzantine", "dp") and isinstance(v, str):
                 data[k] = json.loads(v)
             elif k in ("ranks",) and isinstance(v, str):
                 data[k] = [int(x) for x in v.split(",") if x.strip()]
@@ -301,7 +326,7 @@ class FederatedConfig:
 
 
 _ADDED_LATER: dict[str, Any] = {"aggregation": "fedavg", "trim_fraction": 0.2, "byzantine_clients": 0,
-                                "multikrum_keep": None, "byzantine": None}
+                                "multikrum_keep": None, "byzantine": None, "dp": None}
 
 
 def _fingerprint(values: Mapping[str, Any]) -> str:

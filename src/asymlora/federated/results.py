@@ -96,6 +96,7 @@ def summarise(cfg: FederatedConfig, history: Sequence[Mapping[str, Any]],
         "params_m_formula": formula["wire_total_params"] / 1e6,
         "params_m_paper_convention": formula["total_params"] / 1e6,
         "formula_notes": formula["notes"],
+        "privacy": next((h["privacy"] for h in reversed(history) if h.get("privacy")), None),
     }
     return summary
 
@@ -143,6 +144,14 @@ def markdown(cfg: FederatedConfig, summary: Mapping[str, Any], history: Sequence
                      "weight 1; the global adapter's is 2 minus it), mean (min-max) per client: "
                      + "; ".join(f"c{cid} {c['feddpa_local_weight_mean']:.3f} ({c['feddpa_local_weight_min']:.3f}-"
                                  f"{c['feddpa_local_weight_max']:.3f})" for cid, c in weighted.items()) + ".")
+    privacy = [h for h in history if h.get("privacy")]
+    if privacy:
+        p = privacy[-1]["privacy"]
+        lines += ["", f"## Differential privacy ({p['mode']}, clipping {p['clipping']}, noise multiplier "
+                      f"{p['noise_multiplier']:g}, sample rate {p['sample_rate']:.3g}; RDP accountant)", "",
+                  "| round | epsilon | delta | clipping norm |", "|---|---|---|---|"]
+        lines += [f"| {h['round']} | {h['privacy']['epsilon']:.4g} | {h['privacy']['delta']:g} | "
+                  f"{h['privacy']['clip_norm']:.4g} |" for h in privacy]
     for note in summary.get("formula_notes", []):
         lines.append(f"\nNote: {note}.")
     return "\n".join(lines) + "\n"

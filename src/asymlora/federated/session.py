@@ -24,7 +24,7 @@ import torch
 
 from .aggregation import AggregationError
 from .algorithms.base import FederatedMethod, Shape
-from .algorithms.payloads import split_stack_key, stack_key
+from .algorithms.payloads import REPLACE, RUNNING_TOTAL, split_stack_key, stack_key
 from .client import ClientStateError, atomic_save, build_peft_model, mix_seed, read_safetensors
 from .config import FederatedConfig
 from .keys import StateDict, parse_key
@@ -98,6 +98,10 @@ class ServerState:
     def __post_init__(self) -> None:
         self.method: FederatedMethod = self.cfg.make_method()
         self.payload = self.method.payload
+        if self.cfg.dp_settings is not None and self.payload is REPLACE:
+            self.payload = RUNNING_TOTAL   # of the noised mean updates (`dp`)
+        self.dp_clip_norm: Optional[float] = None
+        """Adaptive clipping's current norm (checkpointed: a resumed run goes on with it)."""
         self.combine: Optional[Any] = None
         """Another rule than the method's weighted mean (set by the round loop; see `aggregation`)."""
 
@@ -147,7 +151,8 @@ class ServerState:
         tensors = {f"kept::{r}::{k}": v for r, kept in self.kept.items() for k, v in kept.items()}
         meta = {"round": self.round, "evaluated": self.evaluated, "fingerprint": self.cfg.fingerprint(),
                 "method": self.cfg.method, "mode": self.payload.name,
-                "applied": {str(k): v for k, v in self.applied.items()}, "history": self.history}
+                "applied": {str(k): v for k, v in self.applied.items()}, "history": self.history,
+                "dp_clip_norm": self.dp_clip_norm}
         path = Path(directory) / CHECKPOINT
         atomic_save(tensors, path, meta)
         return path
@@ -165,6 +170,7 @@ class ServerState:
         state = cls(cfg, round=int(meta["round"]), evaluated=int(meta.get("evaluated", meta["round"])),
                     applied={int(k): int(v) for k, v in meta.get("applied", {}).items()},
                     history=list(meta.get("history", [])))
+        state.dp_clip_norm = meta.get("dp_clip_norm")
         for key, value in tensors.items():
             kind, _, rest = key.partition("::")
             if kind == "latest":          # checkpoints written before `kept`

@@ -108,3 +108,20 @@ class Stack(Payload):
 
 REPLACE, RUNNING_TOTAL, STACK = Payload(), RunningTotal(), Stack()
 PAYLOADS: dict[str, Payload] = {p.name: p for p in (REPLACE, RUNNING_TOTAL, STACK)}
+
+
+class FromStart(Payload):
+    """Under DP (`federated/dp.py`) the server keeps the running total of the noised mean updates
+    (`RUNNING_TOTAL.keep`); a client's shared factors are its initial ones, `start`, plus that total."""
+
+    name = "from-start"
+
+    def __init__(self, start: Mapping[str, torch.Tensor]) -> None:
+        self.start = dict(start)
+
+    def take(self, method: "FederatedMethod", state: StateDict, deltas: Deltas, payload: Mapping[str, torch.Tensor],
+             have: int) -> tuple[StateDict, Deltas]:
+        missing = sorted(set(payload) - set(self.start))
+        if missing:
+            raise KeyError(f"{method.name}: the payload carries {missing[:3]}, which the client's initial state lacks")
+        return super().take(method, state, deltas, {k: self.start[k] + v for k, v in payload.items()}, have)

@@ -100,7 +100,9 @@ def _stale(client: FederatedClient, msg: Message, exc: StaleStateError) -> Messa
 
 def build_client_app(defaults: Optional[Mapping[str, Any]] = None, mods: Optional[list] = None,
                      factory: ClientFactory = FederatedClient) -> ClientApp:
-    app = ClientApp(mods=mods)
+    from .dp import client_dp_mod
+
+    app = ClientApp(mods=[*(mods or []), client_dp_mod])
 
     @app.query()
     def register(msg: Message, context: Context) -> Message:

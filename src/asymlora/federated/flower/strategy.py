@@ -31,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from ..client import mix_seed
 from ..config import FederatedConfig
 from ..results import model_config_dict, write_results
 from ..session import CHECKPOINT, ServerState, close_round, partition_sizes, sample_clients, upload_pattern
@@ -74,6 +75,11 @@ class FederatedStrategy(Strategy):
             from .robust import make_combine
 
             self.state.combine = make_combine(cfg.aggregation_rule)
+        self.dp = cfg.dp_settings
+        if self.dp is not None:
+            from .dp import DPCombine
+
+            self.state.combine = DPCombine(self.dp, clip_norm=self.state.dp_clip_norm)
         self.expected = upload_pattern(cfg)
         self.sizes = partition_sizes(cfg)
         self.on_phase = on_phase
@@ -91,6 +97,11 @@ class FederatedStrategy(Strategy):
         accepted, reason = self.state.verdict(pid, payload_round) if pid is not None else (None, "")
         config = ConfigRecord({SERVER_ROUND: server_round, PAYLOAD_ROUND: payload_round, BASE_ROUND: have,
                                ACCEPTED: -1 if accepted is None else int(accepted), REASON: reason, **(extra or {})})
+        if self.dp is not None and kind == MessageType.TRAIN:
+            from .dp import CLIP_NORM, NOISE_SEED
+
+            config[CLIP_NORM] = float(self.state.combine.clip_norm)
+            config[NOISE_SEED] = mix_seed(self.cfg.seed, 5077, pid if pid is not None else -node, server_round) % 2**31
         arrays = to_record(tensors)
         if pid is not None and len(arrays):
             for r, (params, nbytes) in payload_rounds(arrays, payload_round, self.state.payload.name).items():
@@ -196,6 +207,8 @@ class FederatedStrategy(Strategy):
         """Validate and aggregate the round's updates into the server state; the round's record
         goes into the history (with `failed` set when too few updates were valid)."""
         wire: dict[str, Any] = {}
+        if self.dp is not None:   # the server's noise for this round, the same on a resumed run
+            self.state.combine.seed = mix_seed(self.cfg.seed, 4099, server_round)
         updates, failures, train = self._read_train_replies(self._grid, self._sent, replies, wire)
         unknown = [n for n, p in self._sent.items() if p < 0]
         if unknown:  # nodes that failed before saying who they are
@@ -207,6 +220,8 @@ class FederatedStrategy(Strategy):
         record = close_round(self.state, server_round, participants, updates, failures, train, self.expected, log,
                              partition_sizes=self.sizes)
         record.update(wire)
+        if self.dp is not None and not record["failed"]:
+            record["privacy"] = self.privacy_record(server_round)
         self.state.round = server_round
         self.state.history.append(record)
         if record["failed"]:
@@ -297,6 +312,20 @@ class FederatedStrategy(Strategy):
         self._phase("evaluate", t)
         return metrics
 
+    def privacy_record(self, server_round: int) -> dict[str, Any]:
+        """The budget spent so far (`dp.budget_after`) and what the round's DP step did."""
+        from ..dp import budget_after
+
+        q = self.cfg.sampled_clients / self.cfg.n_clients
+        combine = self.state.combine
+        self.state.dp_clip_norm = combine.clip_norm
+        eps = budget_after(self.dp, server_round, q)
+        log.info("round %d: epsilon %.3g at delta %g (%s DP, noise multiplier %g)", server_round, eps, self.dp.delta,
+                 self.dp.mode, self.dp.noise_multiplier)
+        return {"epsilon": eps, "delta": self.dp.delta, "noise_multiplier": self.dp.noise_multiplier,
+                "sample_rate": 1.0 if self.dp.mode == "local" else q, "mode": self.dp.mode,
+                "clipping": self.dp.clipping, **combine.last}
+
     # ---- the loop ----------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: Optional[ArrayRecord] = None, num_rounds: Optional[int] = None,
               timeout: Optional[float] = None, train_config: Optional[ConfigRecord] = None,
@@ -329,7 +358,8 @@ class FederatedStrategy(Strategy):
                 metrics = self.evaluate_round(grid, t)
                 if metrics is not None:
                     result.evaluate_metrics_clientapp[t] = metrics
-                    bar.set_postfix(avg=f"{float(metrics[SCORE]):.2f}")
+                    bar.set_postfix(avg=f"{float(metrics[SCORE]):.2f}",
+                                    **({"eps": f"{record['privacy']['epsilon']:.3g}"} if record.get("privacy") else {}))
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - start
             self.state.evaluated = t
             self.state.save(self.server_dir)
