@@ -198,3 +198,33 @@ def test_start_up_waits_for_min_clients_not_every_node(tmp_path, model_dir):
     cfg3 = tiny_config(tmp_path / "b", model_dir, "fedit", [2, 2, 2], rounds=1, min_clients=3, connect_timeout=1.0)
     with pytest.raises(TimeoutError, match="only 2 SuperNodes connected within connect_timeout=1s; min_clients is 3"):
         run_on(cfg3, [{"partition-id": 0}, {"partition-id": 2}])
+
+
+def test_node_keys_refuse_a_node_claiming_another_clients_partition(tmp_path, model_dir, caplog):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pems = []
+    for i in range(2):
+        key = ec.generate_private_key(ec.SECP384R1())
+        ssh = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        (tmp_path / f"client{i}.pub").write_bytes(ssh)          # the file the operator registered
+        pems.append(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    cfg = tiny_config(tmp_path, model_dir, "fedit", [2, 2], rounds=1,
+                      node_keys={0: str(tmp_path / "client0.pub"), 1: str(tmp_path / "client1.pub")})
+    # node 2 holds client 0's key but says it plays client 1
+    strategy = run_on(cfg, [{"partition-id": 0, "public-key": pems[0]}, {"partition-id": 1, "public-key": pems[0]}])
+    assert "node 2 claims partition 1 but its key belongs to partition 0: refused" in caplog.text
+    assert strategy.state.history[0]["accepted"] == [0]
+
+
+def test_node_keys_are_checked_before_anything_loads(tmp_path):
+    from asymlora.federated.config import ConfigError, FederatedConfig
+
+    (tmp_path / "bad.pub").write_text("not a key")
+    base = dict(model="m", data_dir="d", output_dir="o", method="fedit", ranks=[2, 2])
+    with pytest.raises(ConfigError, match=r"bad.pub: not a public key \(OpenSSH, PEM or DER\)"):
+        FederatedConfig(**base, node_keys={0: str(tmp_path / "bad.pub")})
+    with pytest.raises(ConfigError, match=r"node_keys: client 1: public key file not found: 'nope.pub'"):
+        FederatedConfig(**base, node_keys={1: "nope.pub"})

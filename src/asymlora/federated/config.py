@@ -18,6 +18,7 @@ from .aggregation import AggregationError, AggregationRule
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
 from .byzantine import Attack
 from .dp import DPSettings
+from .identity import key_map
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,9 @@ class FederatedConfig:
     dp: Optional[dict] = field(default=None, metadata=_help(
         "differential privacy on the uploaded updates: {mode: central|local, clipping: server|client|adaptive, "
         "clip_norm, noise_multiplier, delta, target_quantile, clip_learning_rate, clipped_count_stddev}"))
+    node_keys: Optional[dict] = field(default=None, metadata=_help(
+        "Flower SuperNode authentication: {client id: public key file of the node allowed to play it}; a node "
+        "claiming another client is refused"))
     round_timeout: float = field(default=3600.0, metadata=_help("Flower: seconds to wait for replies"))
     connect_timeout: float = field(default=600.0, metadata=_help("Flower: seconds to wait for all nodes"))
 
@@ -162,6 +166,7 @@ class FederatedConfig:
         try:
             self.attack
             settings = self.dp_settings
+            self.node_key_map
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if settings is not None:
@@ -180,6 +185,11 @@ class FederatedConfig:
                                   f"{self.sampled_clients / 20:g})")
             if method.payload.name == "replace" and self.client_init != "shared":
                 raise ConfigError("dp: clients send updates from one common start; set client_init: shared")
+
+    @property
+    def node_key_map(self) -> dict[bytes, int]:
+        """public key (DER) -> the client its node may play (empty: no check)."""
+        return key_map(self.node_keys, self.n_clients)
 
     @property
     def dp_settings(self) -> Optional[DPSettings]:
@@ -288,6 +298,9 @@ class FederatedConfig:
     def from_yaml(cls, path: Union[str, Path]) -> "FederatedConfig":
         path = Path(path)
         data = read_settings(path, what="federated config", error=ConfigError)
+        if isinstance(data, dict) and isinstance(data.get("node_keys"), dict):   # key files beside the config
+            data["node_keys"] = {k: str((path.parent / v).resolve()) if isinstance(v, str) and
+                                 not Path(v).is_absolute() else v for k, v in data["node_keys"].items()}
         cfg = cls.from_dict(data, source=str(path))
         # relative paths in a config file are relative to the file, not to the current directory
         for key in ("data_dir", "output_dir", "state_dir", "model"):
@@ -316,7 +329,7 @@ class FederatedConfig:
         for k, v in run_config.items():
             if k in fields and v == "" and k not in ("model", "data_dir", "method", "output_dir"):
                 data[k] = None
-            elif k in ("byzantine", "dp") and isinstance(v, str):
+            elif k in ("byzantine", "dp", "node_keys") and isinstance(v, str):
                 data[k] = json.loads(v)
             elif k in ("ranks",) and isinstance(v, str):
                 data[k] = [int(x) for x in v.split(",") if x.strip()]
@@ -326,13 +339,13 @@ class FederatedConfig:
 
 
 _ADDED_LATER: dict[str, Any] = {"aggregation": "fedavg", "trim_fraction": 0.2, "byzantine_clients": 0,
-                                "multikrum_keep": None, "byzantine": None, "dp": None}
+                                "multikrum_keep": None, "byzantine": None, "dp": None, "node_keys": None}
 
 
 def _fingerprint(values: Mapping[str, Any]) -> str:
     keep = {k: v for k, v in values.items()
             if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
-                         "rounds", "eval_every", "client_timeout")
+                         "rounds", "eval_every", "client_timeout", "node_keys")
             and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
     if keep["client_init"] == "own":
         del keep["client_init"]

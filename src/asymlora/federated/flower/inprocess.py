@@ -54,6 +54,17 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
+    def get_nodes(self) -> Iterable[Any]:
+        """Node infos; a node config's `public-key` (bytes or text) stands for the key a SuperLink
+        with SuperNode authentication would know."""
+        from flwr.proto.node_pb2 import NodeInfo  # noqa: PLC0415
+
+        out = []
+        for node, ctx in self.contexts.items():
+            key = ctx.node_config.get("public-key", b"")
+            out.append(NodeInfo(node_id=node, public_key=key.encode() if isinstance(key, str) else key))
+        return out
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:

@@ -147,6 +147,13 @@ class FederatedStrategy(Strategy):
             log.error("node %d claims partition %r; the run has clients 0..%d: refused", node, partition,
                       self.cfg.n_clients - 1)
             return None
+        keys = self.cfg.node_key_map
+        if keys:
+            owner = keys.get(self._node_key(grid, node))
+            if owner != pid:
+                log.error("node %d claims partition %d but %s: refused", node, pid,
+                          "presents no registered key" if owner is None else f"its key belongs to partition {owner}")
+                return None
         if rank is not None and int(rank) != self.cfg.rank_of(pid):
             log.error("node %d claims partition %d with rank %s; the run gives it rank %d: refused", node, pid,
                       rank, self.cfg.rank_of(pid))
@@ -161,6 +168,17 @@ class FederatedStrategy(Strategy):
                 del self.nodes[other]
         self.nodes[node] = pid
         return pid
+
+    @staticmethod
+    def _node_key(grid: Grid, node: int) -> Optional[bytes]:
+        """The node's public key as the SuperLink knows it (SuperNode authentication), in DER."""
+        from ..identity import IdentityError, public_key_der
+
+        raw = next((n.public_key for n in grid.get_nodes() if n.node_id == node), b"")
+        try:
+            return public_key_der(raw) if raw else None
+        except IdentityError:
+            return None
 
     def register(self, grid: Grid) -> None:
         """Ask every node not yet known which client it plays (nodes may join or restart)."""
