@@ -96,6 +96,9 @@ class FederatedConfig:
     dp: Optional[dict] = field(default=None, metadata=_help(
         "differential privacy on the uploaded updates: {mode: central|local, clipping: server|client|adaptive, "
         "clip_norm, noise_multiplier, delta, target_quantile, clip_learning_rate, clipped_count_stddev}"))
+    secagg: Optional[Union[bool, dict]] = field(default=None, metadata=_help(
+        "secure aggregation (Flower's SecAgg+): true, or {clipping_range: 8.0, quantization_range: 4194304, "
+        "reconstruction_threshold: 0.6, max_weight: 1000}; the server sees only the weighted mean"))
     node_keys: Optional[dict] = field(default=None, metadata=_help(
         "Flower SuperNode authentication: {client id: public key file of the node allowed to play it}; a node "
         "claiming another client is refused"))
@@ -169,6 +172,21 @@ class FederatedConfig:
             self.node_key_map
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        secagg = self.secagg_settings
+        if secagg is not None:
+            reason = method.combinable()
+            if reason:
+                raise ConfigError(f"secagg: the server can only get the sum of same-shape uploads; {self.method}: "
+                                  f"{reason}")
+            if rule.name != "fedavg":
+                raise ConfigError(f"secagg: the server sees only the sum, so aggregation {rule.name} (which needs each "
+                                  "upload) cannot apply")
+            if settings is not None and settings.mode != "local":
+                raise ConfigError("secagg: with central DP the server would have to clip or noise each update it "
+                                  "never sees; use dp.mode: local")
+            if self.sampled_clients < 3:
+                raise ConfigError(f"secagg: SecAgg+ needs at least 3 sampled clients, this run samples "
+                                  f"{self.sampled_clients}")
         if settings is not None:
             reason = method.combinable()
             if reason:
@@ -185,6 +203,28 @@ class FederatedConfig:
                                   f"{self.sampled_clients / 20:g})")
             if method.payload.name == "replace" and self.client_init != "shared":
                 raise ConfigError("dp: clients send updates from one common start; set client_init: shared")
+
+    @property
+    def secagg_settings(self) -> Optional[dict[str, Any]]:
+        """SecAgg+'s parameters, defaults filled in; None when off."""
+        if self.secagg in (None, False, {}, ""):
+            return None
+        given = {} if self.secagg is True else self.secagg
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"secagg: expected true or a mapping, got {self.secagg!r}")
+        out = dict(SECAGG_DEFAULTS)
+        unknown = sorted(set(given) - set(out))
+        if unknown:
+            raise ConfigError(f"secagg: unknown key(s) {unknown}; known: {', '.join(sorted(out))}")
+        out.update(given)
+        for k, v in out.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+                raise ConfigError(f"secagg.{k}: expected a positive finite number, got {v!r}")
+        if not out["reconstruction_threshold"] <= 1:
+            raise ConfigError(f"secagg.reconstruction_threshold: a fraction of the shares in (0, 1], "
+                              f"got {out['reconstruction_threshold']!r}")
+        out["quantization_range"] = int(out["quantization_range"])
+        return out
 
     @property
     def node_key_map(self) -> dict[bytes, int]:
@@ -329,7 +369,7 @@ class FederatedConfig:
         for k, v in run_config.items():
             if k in fields and v == "" and k not in ("model", "data_dir", "method", "output_dir"):
                 data[k] = None
-            elif k in ("byzantine", "dp", "node_keys") and isinstance(v, str):
+            elif k in ("byzantine", "dp", "node_keys", "secagg") and isinstance(v, str):
                 data[k] = json.loads(v)
             elif k in ("ranks",) and isinstance(v, str):
                 data[k] = [int(x) for x in v.split(",") if x.strip()]
@@ -338,8 +378,11 @@ class FederatedConfig:
         return cls.from_dict(data, source=source)
 
 
+SECAGG_DEFAULTS: dict[str, float] = {"clipping_range": 8.0, "quantization_range": 4194304,
+                                     "reconstruction_threshold": 0.6, "max_weight": 1000.0}
+
 _ADDED_LATER: dict[str, Any] = {"aggregation": "fedavg", "trim_fraction": 0.2, "byzantine_clients": 0,
-                                "multikrum_keep": None, "byzantine": None, "dp": None, "node_keys": None}
+                                "multikrum_keep": None, "byzantine": None, "dp": None, "node_keys": None, "secagg": None}
 
 
 def _fingerprint(values: Mapping[str, Any]) -> str:

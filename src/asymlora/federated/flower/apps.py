@@ -101,8 +101,9 @@ def _stale(client: FederatedClient, msg: Message, exc: StaleStateError) -> Messa
 def build_client_app(defaults: Optional[Mapping[str, Any]] = None, mods: Optional[list] = None,
                      factory: ClientFactory = FederatedClient) -> ClientApp:
     from .dp import client_dp_mod
+    from .secagg import secagg_client_mod
 
-    app = ClientApp(mods=[*(mods or []), client_dp_mod])
+    app = ClientApp(mods=[*(mods or []), secagg_client_mod, client_dp_mod])
 
     @app.query()
     def register(msg: Message, context: Context) -> Message:

@@ -6,6 +6,7 @@ is treated as having sent nothing."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -80,8 +81,8 @@ class InProcessGrid(Grid):
         if node not in self.contexts:
             return Message(Error(CLIENT_EXCEPTION, f"no node {node}"), reply_to=msg)
         start = time.perf_counter()
-        try:
-            reply = self.app(msg, self.contexts[node])
+        try:  # a copy, as a real transport would deliver: a client must not change the server's objects
+            reply = self.app(copy.deepcopy(msg), self.contexts[node])
         except Exception as exc:  # a crashed client costs the round its update, nothing more
             log.exception("node %d failed on a %s message", node, msg.metadata.message_type)
             reply = Message(Error(CLIENT_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)

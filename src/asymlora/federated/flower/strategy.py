@@ -23,10 +23,13 @@ The protocol around it, for a server and clients that can die at any moment:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -60,6 +63,41 @@ class Traffic:
         wire = record.setdefault("wire", {"upload": {}, "download": {}})
         params0, bytes0 = wire[direction].get(str(client), (0, 0))
         wire[direction][str(client)] = (params0 + int(params), bytes0 + int(nbytes))
+
+
+class CountingGrid:
+    """A Grid seen through a meter: bytes of every array and bytes-valued config entry sent to and
+    received from each node (SecAgg+'s stages carry keys and shares as bytes)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+
+    @staticmethod
+    def size(msg: Message) -> int:
+        if msg.has_error():
+            return 0
+        n = sum(record_bytes(r) for r in msg.content.array_records.values())
+        for rec in msg.content.config_records.values():
+            for v in rec.values():
+                items = v if isinstance(v, list) else [v]
+                n += sum(len(x) for x in items if isinstance(x, (bytes, str)))
+        return n
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: Optional[float] = None) -> Iterable[Message]:
+        messages = list(messages)
+        for m in messages:
+            key = str(m.metadata.dst_node_id)
+            self.sent[key] = self.sent.get(key, 0) + self.size(m)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        for r in replies:
+            key = str(r.metadata.src_node_id)
+            self.received[key] = self.received.get(key, 0) + self.size(r)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
 
 
 class FederatedStrategy(Strategy):
@@ -208,7 +246,8 @@ class FederatedStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         """Sample the round's clients; each gets the payload it lacks."""
         self._phase("sample", server_round)
-        first = self.state.payload_round == 0 and not self.nodes and self.cfg.fraction >= 1.0
+        first = self.state.payload_round == 0 and not self.nodes and self.cfg.fraction >= 1.0 \
+            and self.cfg.secagg_settings is None   # SecAgg+ must know who is who before it starts
         if first:  # nothing to send anyone yet: every node trains, and says who it is in its reply
             self._sent = {n: -1 for n in grid.get_node_ids()}
         else:
@@ -250,13 +289,65 @@ class FederatedStrategy(Strategy):
     def train_round(self, grid: Grid, t: int) -> dict[str, Any]:
         """Round `t` up to its checkpoint: sample, train, validate, aggregate, save."""
         self._grid = grid
-        replies = self._exchange(grid, MessageType.TRAIN, t, self.configure_train(t, ArrayRecord(), ConfigRecord(), grid))
-        self._phase("train", t)
-        self.aggregate_train(t, replies)
+        messages = self.configure_train(t, ArrayRecord(), ConfigRecord(), grid)
+        if self.cfg.secagg_settings is not None:
+            self.secure_train(grid, t, messages)
+        else:
+            replies = self._exchange(grid, MessageType.TRAIN, t, messages)
+            self._phase("train", t)
+            self.aggregate_train(t, replies)
         self._phase("aggregate", t)
         self.state.save(self.server_dir)
         self._phase("checkpoint", t)
         return self._record_of(t)
+
+    def secure_train(self, grid: Grid, t: int, messages: Iterable[Message]) -> None:
+        """Round `t` through SecAgg+ (`secagg.py`): the server gets the weighted mean, no upload."""
+        from .secagg import SecAggError, secure_round
+
+        settings = self.cfg.secagg_settings
+        counted = CountingGrid(grid)
+        keys = sorted(self.expected)
+        failures: list[Rejection] = []
+        try:
+            capture = secure_round(counted, t, {m.metadata.dst_node_id: m for m in messages},
+                                   max_weight=float(max(self.sizes.values(), default=settings["max_weight"])),
+                                   clipping_range=settings["clipping_range"],
+                                   quantization_range=settings["quantization_range"],
+                                   reconstruction_threshold=settings["reconstruction_threshold"],
+                                   timeout=self.cfg.client_timeout or self.cfg.round_timeout)
+        except SecAggError as exc:
+            capture, failures = None, [Rejection("-1", str(exc))]
+        self._phase("train", t)
+        updates, train = [], {}
+        if capture is not None and capture.mean is not None:
+            for proxy, fitres in capture.results:
+                pid = self.learn(grid, proxy.node_id, fitres.metrics.get(PARTITION_ID), fitres.metrics.get(RANK))
+                if pid is None:
+                    failures.append(Rejection(str(-(proxy.node_id + 1)), "partition claim refused (see the log)"))
+                    continue
+                self._sent[proxy.node_id] = pid
+                self.state.holds(pid, int(fitres.metrics.get(APPLIED_ROUND, 0)))
+                train[pid] = {k: float(v) for k, v in fitres.metrics.items()
+                              if k not in (PARTITION_ID, APPLIED_ROUND, RANK) and isinstance(v, (int, float))}
+            # the mean stands in for every upload: the server never holds one
+            mean = {k: torch.from_numpy(np.asarray(a, dtype=np.float32)) for k, a in zip(keys, capture.mean)}
+            updates = [ClientUpdate(str(p), mean, 1) for p in train]
+        dropped = {n for n in self._sent} - {proxy.node_id for proxy, _ in (capture.results if capture else [])}
+        failures += [Rejection(str(self._sent[n] if self._sent[n] >= 0 else -(n + 1)), "dropped out of SecAgg+")
+                     for n in sorted(dropped)]
+        participants = sorted(p if p >= 0 else -(n + 1) for n, p in self._sent.items())
+        record = close_round(self.state, t, participants, updates, failures, train, self.expected, log,
+                             partition_sizes=None)
+        record["secagg"] = {"bytes_sent": counted.sent, "bytes_received": counted.received,
+                            "clipping_range": settings["clipping_range"],
+                            "quantization_range": settings["quantization_range"]}
+        numel = sum(math.prod(int(d) for d in shape) for shape in self.expected.values())
+        record["wire"] = {"upload": {str(self._sent[n]): [numel, counted.received.get(str(n), 0)]
+                                     for n in self._sent if self._sent[n] >= 0 and n not in dropped},
+                          "download": {}}
+        self.state.round = t
+        self.state.history.append(record)
 
     def _read_train_replies(self, grid: Grid, sent: dict[int, int], replies: Iterable[Message],
                             record: dict[str, Any]) -> tuple[list[ClientUpdate], list[Rejection], dict[int, Any]]:
