@@ -12,9 +12,8 @@ took in) and `trained` (the result of local training in round t, started from `a
 client to train round t twice -- as a resumed server does -- restarts from `applied`, so a resumed
 run reproduces an uninterrupted one.
 
-Local training is a compact AdamW loop here rather than the multi-task Trainer of
-`asymlora.train`: a federated round is a few steps on a model that lives for one message, which
-the Trainer's run directory, checkpoints and resume logic do not fit.
+Local training runs through the core of `asymlora train` (`local_training.local_train`), so a
+client has that path's mixed precision, packing, chunked loss and schedule.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import copy
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -32,13 +30,14 @@ import torch
 
 from ..data.records import Example, load_examples
 from ..data.templates import get_template
-from ..data.tokenize import MultiTaskCollator, tokenize_examples
+from ..data.tokenize import tokenize_examples
 from ..files import atomic_path
 from .algorithms import merge_base_deltas
 from .algorithms.base import AdapterSpec, FederatedMethod
 from .algorithms.payloads import REPLACE, FromStart, Payload
 from .config import FederatedConfig
 from .keys import StateDict, describe_keys, parse_key
+from .local_training import TrainStats, local_train
 
 
 log = logging.getLogger("asymlora.federated")
@@ -309,70 +308,6 @@ class ClientStore:
         self._path(kind).unlink(missing_ok=True)
 
 
-# ---- local training ----------------------------------------------------------------------------
-@dataclass
-class TrainStats:
-    steps: int
-    loss: float
-    seconds: float
-
-
-def local_train(model: torch.nn.Module, features: Sequence[Mapping[str, Any]], trainable: Sequence[str], *,
-                pad_token_id: int, epochs: float, max_steps: Optional[int], batch_size: int, grad_accum: int,
-                lr: float, weight_decay: float, seed: int, progress: bool = False,
-                desc: str = "train") -> TrainStats:
-    """AdamW on the named parameters only, response-only loss, a seeded data order."""
-    from tqdm.auto import tqdm
-
-    named = dict(model.named_parameters())
-    missing = [k for k in trainable if k not in named]
-    if missing:
-        raise KeyError(f"trainable keys not among the model's parameters: {describe_keys(missing)}")
-    wanted = set(trainable)
-    for name, p in named.items():
-        p.requires_grad_(name in wanted)
-    params = [named[k] for k in trainable]
-    if not features:
-        raise ValueError("no training examples left after tokenisation (all prompts exceed cutoff_len?)")
-    per_epoch = math.ceil(len(features) / (batch_size * grad_accum))
-    steps = max(1, math.ceil(epochs * per_epoch))
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    collate = MultiTaskCollator(pad_token_id, padding_side="right", return_task_ids=False)
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = generator(seed, 1)
-    order: list[int] = []
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(mix_seed(seed, 2))  # dropout
-        bar = tqdm(total=steps, desc=desc, leave=False, disable=not progress)
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(grad_accum):
-                if len(order) < batch_size:
-                    order += torch.randperm(len(features), generator=gen).tolist()
-                batch_idx, order = order[:batch_size], order[batch_size:]
-                batch = collate([{k: features[i][k] for k in ("input_ids", "attention_mask", "labels")}
-                                 for i in batch_idx])
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss / grad_accum
-                loss.backward()
-                total += float(loss.detach())
-            optimizer.step()
-            losses.append(total)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.3f}")
-        bar.close()
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    return TrainStats(steps, sum(losses) / len(losses), time.perf_counter() - start)
-
-
 # ---- the client ------------------------------------------------------------------------------
 BaseProvider = Callable[[], tuple[torch.nn.Module, Any]]
 """Returns a fresh copy of the base model (the client may change its weights) and the tokenizer."""
@@ -458,6 +393,8 @@ class FederatedClient:
         self._train: Optional[list[Example]] = None
         self._test: Optional[list[Example]] = None
         self._feddpa_references: Optional[torch.Tensor] = None
+        self.last_train_stats: list[TrainStats] = []
+        """The phases of the last round this client trained (loss curves in their log history)."""
         self._applied = self.store.load("applied")
         if self._applied is None:
             self._applied = self._initial_snapshot()
@@ -569,17 +506,15 @@ class FederatedClient:
         seed = mix_seed(self.cfg.seed, self.client_id, server_round)
         state = self.method.round_start(self._applied.state, server_round, generator(seed, 0))
         load_adapter_state(model, state)
-        features, _ = tokenize_examples(train, self._tokenizer, get_template(self.cfg.template, self._tokenizer),
-                                        cutoff_len=self.cfg.cutoff_len)
+        training = self.cfg.training
+        features, _ = tokenize_examples(train, self._tokenizer, get_template(training.template, self._tokenizer),
+                                        cutoff_len=training.cutoff_len, train_on_prompt=training.train_on_prompt)
         trainable = [k for k in self.method.trainable_keys(state) if k in dict(model.named_parameters())]
         phases = self.method.training_phases(trainable)
-        stats = []
-        for i, keys in enumerate(phases):
-            stats.append(local_train(
-                model, features, keys, pad_token_id=self._pad_id(), epochs=self.cfg.local_epochs,
-                max_steps=self.cfg.max_local_steps, batch_size=self.cfg.batch_size, grad_accum=self.cfg.grad_accum,
-                lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, seed=mix_seed(seed, 10 + i),
-                progress=self.cfg.progress, desc=f"client {self.client_id} round {server_round}"))
+        stats = [local_train(model, self._tokenizer, features, keys, training, seed=mix_seed(seed, 10 + i),
+                             log_dir=self.store.root / "logs" / f"round-{server_round}-phase-{i}")
+                 for i, keys in enumerate(phases)]
+        self.last_train_stats = stats
         new_state = adapter_state(model)
         n = len(train)
         self._trained = Snapshot(new_state, self._applied.base_deltas,
@@ -625,10 +560,3 @@ class FederatedClient:
     def tokenizer(self) -> Any:
         self._ensure_model()
         return self._tokenizer
-
-    def _pad_id(self) -> int:
-        tok = self._tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
-        return int(pad)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..files import read_settings
+from ..train.config import TrainConfig
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
 from .aggregation import AggregationError, AggregationRule
@@ -270,6 +271,16 @@ class FederatedConfig:
         if self.heterogeneous is not None:
             return bool(self.heterogeneous)
         return len(set(self.client_ranks)) > 1
+
+    @property
+    def training(self) -> TrainConfig:
+        """The settings of a client's local training, as a training config spells them."""
+        return TrainConfig(
+            learning_rate=float(self.lr), num_epochs=float(self.local_epochs),
+            max_steps=self.max_local_steps if self.max_local_steps is not None else -1,
+            batch_size=self.batch_size, grad_accum=self.grad_accum, cutoff_len=self.cutoff_len,
+            weight_decay=float(self.weight_decay), lr_scheduler="constant", template=self.template,
+            seed=self.seed, progress=self.progress, logging_steps=1)
 
     def alpha_of(self, rank: int) -> float:
         return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * rank

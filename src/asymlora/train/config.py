@@ -141,6 +141,9 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.sampling not in ("proportional", "balanced", "temperature"):
             raise ConfigError(f"sampling must be proportional, balanced or temperature, got {self.sampling!r}")
+        if self.loss_chunk_size and self.extra_args.get("label_smoothing_factor", 0):
+            raise ConfigError("loss_chunk_size computes plain cross-entropy: it cannot apply label_smoothing_factor "
+                              "(set loss_chunk_size: 0)")
         if (self.sampling == "temperature") != (self.temperature is not None):
             raise ConfigError("temperature is required with sampling: temperature, and only then")
 

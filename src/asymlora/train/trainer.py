@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from ..data.records import Example
 from ..data.tokenize import MultiTaskCollator, PackingCollator, TaskMixSampler, tokenize_examples
@@ -40,6 +41,8 @@ __all__ = [
     "MultiTaskTrainer",
     "AdaLoraAllocationCallback",
     "train",
+    "fit_features",
+    "FitOutcome",
     "load_trained",
     "read_run",
     "data_fingerprint",
@@ -221,7 +224,7 @@ def _optimizer_steps(n_examples: int, config: TrainConfig) -> int:
     return max(1, math.ceil(config.num_epochs * per_epoch))
 
 
-def _training_arguments(config: TrainConfig, ckpt_root: Path) -> TrainingArguments:
+def _training_arguments(config: TrainConfig, ckpt_root: Path, save: bool = True) -> TrainingArguments:
     precision = resolve_precision(config.precision)
     args: dict[str, Any] = dict(
         output_dir=str(ckpt_root),
@@ -238,7 +241,7 @@ def _training_arguments(config: TrainConfig, ckpt_root: Path) -> TrainingArgumen
         data_seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        save_strategy="steps",
+        save_strategy="steps" if save else "no",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
@@ -260,6 +263,71 @@ def _training_arguments(config: TrainConfig, ckpt_root: Path) -> TrainingArgumen
         raise ConfigError(f"training.extra_args: unknown TrainingArguments field(s) {unknown}")
     args.update(config.extra_args)
     return TrainingArguments(**args)
+
+
+@dataclass
+class FitOutcome:
+    """What `fit_features` gives back: the Trainer's log history, steps, mean loss and time."""
+
+    log_history: list[dict[str, Any]]
+    global_step: int
+    loss: float
+    seconds: float
+    metrics: dict[str, Any]
+    should_save: bool = True
+
+
+def fit_features(model: Any, tokenizer: Any, features: Sequence[Mapping[str, Any]], config: TrainConfig,
+                 output_dir: Union[str, Path], *, callbacks: Sequence[TrainerCallback] = (),
+                 checkpoint: Optional[Path] = None, save_checkpoints: bool = True,
+                 print_logs: bool = True) -> FitOutcome:
+    """Train the parameters of `model` (a PeftModel) that require grad on tokenised `features`
+    with the Trainer: the one training path of `asymlora train` and of a federated client's round.
+
+    The collator (packed or padded), the chunked loss, mixed precision, gradient checkpointing,
+    compile, the lr schedule and `report_to` all follow `config`; checkpoints go to `output_dir`
+    unless `save_checkpoints` is False (a federated round keeps its own state). `print_logs` False
+    keeps the logs off stdout when there is no progress bar (they stay in the log history)."""
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    if config.packing and "flash" in attn:
+        # flash kernels read packed boundaries from position_ids only for a single row
+        raise ConfigError(f"packing needs sdpa, eager or flex_attention; the model uses {attn!r}")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token (set it to the eos token)")
+    training_args = _training_arguments(config, Path(output_dir), save=save_checkpoints)
+    if config.loss_chunk_size and training_args.n_gpu > 1:
+        raise ConfigError("loss_chunk_size with several GPUs in one process (DataParallel) would scale the loss "
+                          "by the GPU count: launch one process per GPU (torchrun / accelerate launch)")
+    if config.gradient_checkpointing and not getattr(model, "_asymlora_input_grads", False):
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+        model._asymlora_input_grads = True
+    collator = (PackingCollator(tokenizer.pad_token_id, config.cutoff_len) if config.packing
+                else MultiTaskCollator(tokenizer.pad_token_id))
+    loss_func, restore_head = None, None
+    try:
+        if config.loss_chunk_size:
+            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(config.precision))
+            loss_func, restore_head = install_chunked_loss(model, config.loss_chunk_size, autocast_dtype=amp)
+        trainer = MultiTaskTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=list(features),
+            data_collator=collator,
+            callbacks=list(callbacks),
+            sampling=config.sampling,
+            temperature=config.temperature,
+            compute_loss_func=loss_func,
+        )
+        if not print_logs:
+            trainer.remove_callback(PrinterCallback)
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        seconds = time.perf_counter() - started
+    finally:
+        if restore_head is not None:
+            restore_head()  # the returned model generates with its real LM head
+    return FitOutcome(list(trainer.state.log_history), int(trainer.state.global_step), float(output.training_loss),
+                      seconds, dict(output.metrics), bool(trainer.args.should_save))
 
 
 def train(
@@ -301,9 +369,6 @@ def train(
     if method == "adalora" and config.loss_chunk_size:
         raise ConfigError("loss_chunk_size is not available with adalora: PEFT adds AdaLoRA's orthogonality "
                           "penalty to the model's own loss (set loss_chunk_size: 0)")
-    if config.loss_chunk_size and config.extra_args.get("label_smoothing_factor", 0):
-        raise ConfigError("loss_chunk_size computes plain cross-entropy: it cannot apply label_smoothing_factor "
-                          "(set loss_chunk_size: 0)")
     # checks on the output folder come first: they are cheap, loading a model is not
     if resume:
         _check_previous_run(out, method, config)
@@ -320,10 +385,6 @@ def train(
         model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or None
     if isinstance(model, PeftModel):
         raise TypeError("train() adds the adapter itself: pass the base model, not a PeftModel")
-    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
-    if config.packing and "flash" in attn:
-        # flash kernels read packed boundaries from position_ids only for a single row
-        raise ConfigError(f"packing needs sdpa, eager or flex_attention; the model uses {attn!r}")
     if tokenizer is None:
         raise ValueError("a tokenizer is needed when the model is given as an object")
     if tokenizer.pad_token is None:
@@ -354,8 +415,6 @@ def train(
 
     set_seed(config.seed)  # PEFT's own adapters draw their initial weights from the global generator
     model = get_peft_model(model, peft_config)
-    if config.gradient_checkpointing:
-        model.enable_input_require_grads()
 
     run: dict[str, Any] = {
         "method": method,
@@ -375,47 +434,21 @@ def train(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "status": "running",
     }
-    training_args = _training_arguments(config, ckpt_root)
-    if config.loss_chunk_size and training_args.n_gpu > 1:
-        raise ConfigError("loss_chunk_size with several GPUs in one process (DataParallel) would scale the loss "
-                          "by the GPU count: launch one process per GPU (torchrun / accelerate launch)")
-    collator = (PackingCollator(tokenizer.pad_token_id, config.cutoff_len) if config.packing
-                else MultiTaskCollator(tokenizer.pad_token_id))
     cbs = [_RunRecordAtStart(out / RUN_FILE, run), *callbacks]
     if method == "adalora":
         cbs.append(AdaLoraAllocationCallback())
-    loss_func, restore_head = None, None
-    try:
-        if config.loss_chunk_size:
-            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(config.precision))
-            loss_func, restore_head = install_chunked_loss(model, config.loss_chunk_size, autocast_dtype=amp)
-        trainer = MultiTaskTrainer(
-            model=model,
-            args=training_args,
-            train_dataset=features,
-            data_collator=collator,
-            callbacks=cbs,
-            sampling=config.sampling,
-            temperature=config.temperature,
-            compute_loss_func=loss_func,
-        )
-        started = time.time()
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        if restore_head is not None:
-            restore_head()  # the returned model generates with its real LM head
+    fit = fit_features(model, tokenizer, features, config, ckpt_root, callbacks=cbs, checkpoint=checkpoint)
     adapter_dir = out / ADAPTER_DIR
     run.update(
         status="done",
         resumed_from=str(checkpoint) if checkpoint else None,
-        metrics={**output.metrics, "global_step": trainer.state.global_step,
-                 "wall_seconds": time.time() - started},
-        log_history=trainer.state.log_history,
+        metrics={**fit.metrics, "global_step": fit.global_step, "wall_seconds": fit.seconds},
+        log_history=fit.log_history,
     )
-    if trainer.args.should_save:
+    if fit.should_save:
         model.save_pretrained(str(adapter_dir), safe_serialization=True)
         write_json_atomic(out / RUN_FILE, run)
-    return TrainResult(model, tokenizer, list(trainer.state.log_history), adapter_dir, run, names)
+    return TrainResult(model, tokenizer, fit.log_history, adapter_dir, run, names)
 
 
 def load_trained(adapter_dir: Union[str, Path], base_model: Any = None, tokenizer: Any = None) -> tuple[Any, Any, dict]:
