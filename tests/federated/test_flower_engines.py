@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from .runtime_helpers import tiny_config
 
@@ -105,10 +106,10 @@ def stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_deployment_engine_on_loopback(tmp_path, model_dir):
+def deploy(tmp_path, cfg, n_nodes):
+    """A SuperLink and `n_nodes` SuperNodes on loopback, the run submitted with `flwr run`."""
     from asymlora.federated.flower.launch import flower_env, run_deployment
 
-    cfg = tiny_config(tmp_path, model_dir, "fedalora", [2, 2], max_local_steps=1, eval_every=2)
     env = flower_env({"FLWR_HOME": str(tmp_path / "flwr-home"), "OMP_NUM_THREADS": "1"})
     bindir = Path(sys.executable).parent
     link = free_port()
@@ -121,7 +122,7 @@ def test_deployment_engine_on_loopback(tmp_path, model_dir):
              "--disable-runtime-dependency-installation"],
             env=env, stdout=open(logs / "superlink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
         wait_for_port(link, procs[0])
-        for i in range(2):
+        for i in range(n_nodes):
             procs.append(subprocess.Popen(
                 [str(bindir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                  "--host", "127.0.0.1", "--port", str(free_port()),
@@ -133,7 +134,12 @@ def test_deployment_engine_on_loopback(tmp_path, model_dir):
     finally:
         stop(procs)
     assert all(p.poll() is not None for p in procs)
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    return json.loads((Path(cfg.output_dir) / "results.json").read_text())
+
+
+def test_deployment_engine_on_loopback(tmp_path, model_dir):
+    cfg = tiny_config(tmp_path, model_dir, "fedalora", [2, 2], max_local_steps=1, eval_every=2)
+    results = deploy(tmp_path, cfg, 2)
     assert [r["accepted"] for r in results["rounds"]] == [[0, 1], [0, 1]]
     assert set(results["summary"]["clients"]) == {"0", "1"}
     assert results["summary"]["params_m_measured"] == results["summary"]["params_m_formula"]
@@ -141,3 +147,21 @@ def test_deployment_engine_on_loopback(tmp_path, model_dir):
         assert (tmp_path / f"node{i}-state" / "applied.safetensors").exists()
         assert (tmp_path / f"node{i}-state" / "predictions-round2.jsonl").exists()
     assert not (tmp_path / "out" / "clients").exists()
+
+
+def test_secagg_on_a_loopback_deployment_gives_the_plain_mean(tmp_path, model_dir):
+    """SecAgg+ across real SuperNode processes: the server's aggregate is the plain in-process run's
+    to the quantisation error."""
+    from asymlora.federated.engine import LocalEngine
+    from asymlora.federated.session import ServerState
+
+    kw = dict(max_local_steps=1, rounds=1, n_train=[4, 6, 2])
+    plain = tiny_config(tmp_path / "plain", model_dir, "fedit", [2, 2, 2], **kw)
+    LocalEngine(plain).run()
+    cfg = tiny_config(tmp_path / "secure", model_dir, "fedit", [2, 2, 2], secagg=True, **kw)
+    results = deploy(tmp_path / "secure", cfg, 3)
+    (r1,) = results["rounds"]
+    assert r1["accepted"] == [0, 1, 2] and len(r1["secagg"]["bytes_received"]) == 3
+    a, b = (ServerState.load(c.output_dir + "/server", c).latest for c in (plain, cfg))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=0)
