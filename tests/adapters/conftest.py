@@ -23,3 +23,15 @@ def randomise_up_projections(model, generator_seed=0):
         for name, p in model.named_parameters():
             if any(k in name for k in ("_B.", "_B2.", "_A2.", "lora_B.")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def randomise_accumulators(model, generator_seed=0):
+    """Give the decomposed layer's untrained accumulators (B0 / A0) values, as after a few rounds."""
+    from asymlora.adapters import iter_adapter_layers
+
+    g = torch.Generator().manual_seed(generator_seed)
+    with torch.no_grad():
+        for _, layer in iter_adapter_layers(model):
+            for acc in (getattr(layer, "declora_B0", {}), getattr(layer, "declora_A0", {})):
+                for k in acc:
+                    acc[k].copy_(torch.randn(acc[k].shape, generator=g) * 0.1)

@@ -219,6 +219,7 @@ def test_routed_adapter_merges_only_at_a_fixed_gate(tiny, ids):
         routed_fixed = model(ids).logits.clone()
         model.merge_adapter()
         torch.testing.assert_close(model(ids).logits, routed_fixed, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
     with pytest.raises(ValueError, match="3 experts"):
         next(iter_adapter_layers(model))[1].set_fixed_gate("default", [1.0, 0.0])
 

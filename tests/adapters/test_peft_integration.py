@@ -15,7 +15,7 @@ from asymlora import ALoRAConfig, DecomposedLoRAConfig, HydraLoRAConfig, MoSLoRA
 from asymlora.adapters import iter_adapter_layers
 from asymlora.models import tiny_llama
 
-from .conftest import randomise_up_projections
+from .conftest import randomise_accumulators, randomise_up_projections
 
 CONFIGS = {
     "alora": lambda: ALoRAConfig(r=4, num_experts=3, target_modules=["q_proj", "o_proj"]),
@@ -29,11 +29,7 @@ def trained_like(config):
     """A model whose adapter has non-trivial values everywhere (as after training)."""
     model = peft.get_peft_model(tiny_llama(seed=0), config)
     randomise_up_projections(model, 4)
-    with torch.no_grad():
-        for _, layer in iter_adapter_layers(model):
-            for acc in (getattr(layer, "declora_B0", {}), getattr(layer, "declora_A0", {})):
-                for k in acc:
-                    acc[k].copy_(torch.randn(acc[k].shape) * 0.1)
+    randomise_accumulators(model, 4)
     return model.eval()
 
 
@@ -134,7 +130,9 @@ def test_export_refuses_a_routed_adapter_without_a_gate_and_writes_nothing(tmp_p
     ({"num_experts": 0}, "num_experts must be an integer >= 1"),
     ({"lora_alpha": 0}, "lora_alpha must be > 0"),
     ({"lora_dropout": 1.5}, "lora_dropout"),
-    ({"fixed_gate": [1.0]}, "fixed_gate has 1 weights but num_experts is 3"),
+    ({"fixed_gate": [1.0]}, "fixed_gate has 1 weights but the adapter has 3 experts"),
+    ({"fixed_gate": [0.5, float("nan"), 0.5]}, "fixed_gate .* contains NaN"),
+    ({"fixed_gate": [1.5, -0.5, 0.0]}, "non-negative weights summing to 1"),
 ])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -179,8 +177,9 @@ def test_saved_weights_are_exactly_the_adapter(tmp_path):
     model = trained_like(CONFIGS["alora"]())
     model.save_pretrained(tmp_path)
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
-    assert len(tensors) == 2 * 2 * 3  # 2 layers x (q, o) x (A, B, router)
-    assert all(k.split(".")[-1] in ("alora_A", "alora_B", "alora_router") for k in tensors)
+    assert len(tensors) == 2 * 2 * 4  # 2 layers x (q, o) x (A, B, router, gate)
+    assert all(k.split(".")[-1] in ("alora_A", "alora_B", "alora_router", "alora_gate") for k in tensors)
+    assert all(not t.any() for k, t in tensors.items() if k.endswith("gate"))  # zeros: routed per token
 
 
 def test_merge_and_unload_gives_a_plain_model_with_the_same_logits(ids):
@@ -209,3 +208,31 @@ def test_two_named_adapters_switch_and_save_separately(tmp_path, ids):
     assert (tmp_path / "other" / "adapter_model.safetensors").is_file()
     saved = load_file(str(tmp_path / "other" / "adapter_model.safetensors"))
     assert {tuple(v.shape) for k, v in saved.items() if k.endswith("alora_router")} == {(2, 32)}
+
+
+@pytest.mark.parametrize("gate,match", [([float("nan"), 0.0, 1.0], "contains NaN or Inf"),
+                                        ([float("inf"), 0.0, 0.0], "contains NaN or Inf"),
+                                        ([1.5, -0.5, 0.0], "non-negative weights summing to 1")])
+def test_export_refuses_a_bad_gate_and_writes_nothing(tmp_path, gate, match):
+    model = trained_like(CONFIGS["alora"]())
+    with pytest.raises(ValueError, match=match):
+        export_lora(model, tmp_path / "lora", gate=gate)
+    with pytest.raises(ValueError, match=match):
+        export_lora(model, tmp_path / "lora", gate={name: gate for name, _ in iter_adapter_layers(model)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_export_refuses_a_nan_gate_in_one_line(tmp_path, capsys):
+    from asymlora.cli import main
+    from tests.train.test_compare import _model_dir, _write_tasks
+
+    _write_tasks(tmp_path)
+    model = _model_dir(tmp_path)
+    assert main(["train", "--model", str(model), "--method", "alora", "--out", str(tmp_path / "run"),
+                 "--data", f"add={tmp_path / 'add-train.json'}", "--max-steps", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    for gate in ("nan,0,1", "0.5,0.5,inf", "-1,1,1"):
+        assert main(["export", str(tmp_path / "run"), str(tmp_path / "lora"), f"--gate={gate}"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and "--gate" in err[0] and ("NaN or Inf" in err[0] or "non-negative" in err[0])
+        assert not (tmp_path / "lora").exists()

@@ -1,7 +1,14 @@
 """Adapters: the maths of each method on one linear layer, and the bridge that makes them PEFT methods."""
 
-from .config import ALoRAConfig, DecomposedLoRAConfig, HydraLoRAConfig, MoSLoRAConfig
-from .layer import (
+import logging
+
+# bitsandbytes (imported by PEFT when installed) warns on every import on AVX512-BF16 CPUs that an
+# optional kernel would have to be fetched from the Hugging Face hub; we never fetch it, and its
+# own CPU kernels serve. Keep its genuine errors.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from .config import ALoRAConfig, DecomposedLoRAConfig, HydraLoRAConfig, MoSLoRAConfig  # noqa: E402
+from .layer import (  # noqa: E402
     AdapterLayer,
     ALoRALayer,
     DecomposedLayer,
@@ -10,7 +17,7 @@ from .layer import (
     RoutedLayer,
     StaticWeightError,
 )
-from .registry import register_with_peft
+from .registry import register_with_peft  # noqa: E402
 
 register_with_peft()
 

@@ -2,6 +2,7 @@
 
 Each config is a `peft.PeftConfig`: it serialises to `adapter_config.json` and is found again by
 `peft.PeftConfig.from_pretrained` once `asymlora` is imported (see `asymlora.adapters.registry`).
+Each config class names its method once (`method`); the PeftType member is made from that name.
 """
 
 from __future__ import annotations
@@ -9,14 +10,50 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
+import torch
 from peft.config import PeftConfig
+from peft.utils.peft_types import PeftType
+
+
+def peft_type(method: str) -> PeftType:
+    """The PeftType member of one of our methods, created on first use.
+
+    PEFT's `register_peft_method` accepts only names already in its closed `PeftType` enum, so we
+    add our members to that enum (the very object PEFT looks names up in)."""
+    key = f"ASYMLORA_{method.upper()}"
+    if key in PeftType.__members__:
+        return PeftType[key]
+    member = str.__new__(PeftType, key)
+    member._name_ = key
+    member._value_ = key
+    member.__objclass__ = PeftType
+    type.__setattr__(PeftType, key, member)
+    PeftType._member_map_[key] = member
+    PeftType._value2member_map_[key] = member
+    PeftType._member_names_.append(key)
+    return member
+
+
+def check_gate(gate: Any, n: int, what: str = "gate") -> torch.Tensor:
+    """`gate` as a float32 vector of n finite, non-negative weights summing to 1 (a softmax's output)."""
+    g = torch.as_tensor(gate, dtype=torch.float32).detach().flatten().cpu()
+    shown = [round(float(w), 6) for w in g]
+    if g.numel() != n:
+        raise ValueError(f"{what} has {g.numel()} weights but the adapter has {n} experts")
+    if not torch.isfinite(g).all():
+        raise ValueError(f"{what} {shown} contains NaN or Inf")
+    if (g < 0).any() or abs(float(g.sum()) - 1.0) > 1e-4:
+        raise ValueError(f"{what} must be non-negative weights summing to 1, got {shown} (sum {float(g.sum()):g})")
+    return g
 
 
 @dataclass
 class _LowRankConfig(PeftConfig):
     """Fields every asymlora adapter shares: the usual LoRA knobs."""
+
+    method: ClassVar[str]  # our name of the method; its PeftType is ASYMLORA_<METHOD>
 
     r: int = field(default=8, metadata={"help": "Rank of each low-rank factor."})
     lora_alpha: float = field(default=16, metadata={"help": "Scaling numerator: the update is scaled by lora_alpha / r."})
@@ -33,7 +70,8 @@ class _LowRankConfig(PeftConfig):
     )
     init_seed: Optional[int] = field(
         default=None,
-        metadata={"help": "Seed for the adapter's random draws; None uses torch's global generator."},
+        metadata={"help": "Seed for the adapter's random draws (mixed with the module and adapter name); "
+                          "None uses torch's global generator."},
     )
     init_weights: bool = field(
         default=True, metadata={"help": "Zero the up-projection so the adapted model starts equal to the base."}
@@ -48,6 +86,7 @@ class _LowRankConfig(PeftConfig):
         _require(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}")
         _require(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}")
         _require(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        self.peft_type = peft_type(self.method)
 
     @classmethod
     def from_user_file(cls, path: str | Path) -> "_LowRankConfig":
@@ -86,42 +125,28 @@ class _RoutedConfig(_LowRankConfig):
         _require(isinstance(self.num_experts, int) and self.num_experts >= 1,
                  f"num_experts must be an integer >= 1, got {self.num_experts!r}")
         if self.fixed_gate is not None:
-            self.fixed_gate = [float(w) for w in self.fixed_gate]
-            _require(len(self.fixed_gate) == self.num_experts,
-                     f"fixed_gate has {len(self.fixed_gate)} weights but num_experts is {self.num_experts}")
+            self.fixed_gate = check_gate(self.fixed_gate, self.num_experts, "fixed_gate").tolist()
 
 
 @dataclass
 class ALoRAConfig(_RoutedConfig):
     """ALoRA: n routed A experts, one shared B. y = W0 x + s * B * sum_i softmax(W_g x)_i A_i x."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        from .registry import peft_type
-
-        self.peft_type = peft_type("alora")
+    method: ClassVar[str] = "alora"
 
 
 @dataclass
 class HydraLoRAConfig(_RoutedConfig):
     """HydraLoRA: one shared A, n routed B heads. The mirror image of ALoRA."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        from .registry import peft_type
-
-        self.peft_type = peft_type("hydralora")
+    method: ClassVar[str] = "hydralora"
 
 
 @dataclass
 class MoSLoRAConfig(_LowRankConfig):
     """MoSLoRA: B M A with a trainable r x r mixer M; a static update, so it merges."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        from .registry import peft_type
-
-        self.peft_type = peft_type("moslora")
+    method: ClassVar[str] = "moslora"
 
 
 @dataclass
@@ -132,15 +157,13 @@ class DecomposedLoRAConfig(_LowRankConfig):
 
     intermediate_dim: int = field(default=16, metadata={"help": "d_m, the width shared by every client."})
     shared_side: str = field(default="B", metadata={"help": "'B' for Fed-ALoRA, 'A' for the mirrored FedSA-LoRA*."})
+    method: ClassVar[str] = "declora"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(isinstance(self.intermediate_dim, int) and self.intermediate_dim > 0,
                  f"intermediate_dim must be a positive integer, got {self.intermediate_dim!r}")
         _require(self.shared_side in ("A", "B"), f"shared_side must be 'A' or 'B', got {self.shared_side!r}")
-        from .registry import peft_type
-
-        self.peft_type = peft_type("declora")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .config import check_gate
 from .inspect import iter_adapter_layers, record_gates
 from .layer import AdapterLayer, RoutedLayer
 
@@ -53,12 +54,24 @@ def mean_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
     return {name: s / count for name, s in sums.items()}
 
 
-def _gate_for(name: str, gate: Gate) -> Optional[torch.Tensor]:
-    if gate is None or isinstance(gate, (torch.Tensor, list, tuple)):
-        return None if gate is None else torch.as_tensor(gate, dtype=torch.float32)
-    if name not in gate:
-        raise KeyError(f"no gate given for routed layer {name!r}; gates were given for {sorted(gate)[:5]}...")
-    return torch.as_tensor(gate[name], dtype=torch.float32)
+def _gate_for(name: str, layer: RoutedLayer, adapter_name: str, gate: Gate) -> Optional[torch.Tensor]:
+    """The gate for one layer, checked (finite, non-negative, summing to 1) before anything is written."""
+    if gate is not None and not isinstance(gate, (torch.Tensor, list, tuple)):
+        if name not in gate:
+            raise KeyError(f"no gate given for routed layer {name!r}; gates were given for {sorted(gate)[:5]}...")
+        gate = gate[name]
+    if gate is None:
+        return None
+    return check_gate(gate, layer.num_experts[adapter_name], f"gate for {name}")
+
+
+def _modules_to_save_state(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """The trained copies of `modules_to_save`, keyed as PEFT saves them (the same keys for LoRA)."""
+    from peft.utils import get_peft_model_state_dict
+
+    prefix = model.base_model.prefix
+    saved = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
+    return {k: v.detach().cpu().contiguous() for k, v in saved.items() if prefix not in k}
 
 
 def lora_state_dict(model: nn.Module, adapter_name: str = "default", gate: Gate = None,
@@ -69,7 +82,7 @@ def lora_state_dict(model: nn.Module, adapter_name: str = "default", gate: Gate 
     for name, layer in iter_adapter_layers(model, AdapterLayer):
         if adapter_name not in layer.r:
             continue
-        g = _gate_for(name, gate) if isinstance(layer, RoutedLayer) else None
+        g = _gate_for(name, layer, adapter_name, gate) if isinstance(layer, RoutedLayer) else None
         A_eff, B_eff = layer.lora_factors(adapter_name, g)
         state[f"{name}.lora_A.weight"] = A_eff.detach().float().cpu().contiguous()
         state[f"{name}.lora_B.weight"] = B_eff.detach().float().cpu().contiguous()
@@ -94,6 +107,10 @@ def export_lora(model: nn.Module, out_dir: Union[str, Path], gate: Gate = None,
 
     config = model.peft_config[adapter_name]
     state, rank, scaling = lora_state_dict(model, adapter_name, gate)
+    prefix = "base_model.model."
+    state = {k if k.startswith(prefix) else prefix + k: v for k, v in state.items()}
+    if config.modules_to_save:
+        state.update(_modules_to_save_state(model, adapter_name))
     lora_config = LoraConfig(
         r=rank,
         lora_alpha=scaling * rank,
@@ -110,9 +127,7 @@ def export_lora(model: nn.Module, out_dir: Union[str, Path], gate: Gate = None,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        prefix = "base_model.model."
-        keys = {k if k.startswith(prefix) else prefix + k: v for k, v in state.items()}
-        save_file(keys, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         lora_config.save_pretrained(str(tmp))
         (tmp / "asymlora_export.json").write_text(json.dumps(
             {"source_method": str(config.peft_type.value), "adapter_name": adapter_name, "rank": rank}, indent=2))

@@ -3,23 +3,25 @@
 One machinery serves ALoRA and HydraLoRA: both keep a stack of A factors (n_A*r x d_in) and a
 stack of B factors (d_out x n_B*r) and route over whichever side has n > 1. ALoRA routes A
 (n_A = n, n_B = 1), HydraLoRA routes B (n_A = 1, n_B = n), and n = 1 without a router is LoRA.
-Each side is evaluated as one GEMM over all experts (the router's logits ride along in the A GEMM
-when no dropout separates them), never as a Python loop over experts.
+Each side is evaluated as one GEMM over all experts, never as a Python loop over experts, and
+without copying any weight per call: ALoRA sums its gated experts before its one B (an r-column
+GEMM, as LoRA's), HydraLoRA weights its one A projection per head before the stack of B's.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .config import DecomposedLoRAConfig, MoSLoRAConfig, _LowRankConfig, _RoutedConfig
+from .config import DecomposedLoRAConfig, MoSLoRAConfig, _LowRankConfig, _RoutedConfig, check_gate
 
 
 class StaticWeightError(RuntimeError):
@@ -33,18 +35,80 @@ def kaiming_(t: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Ten
         return t.uniform_(-bound, bound, generator=generator)
 
 
-def layer_generator(seed: Optional[int], key: str) -> Optional[torch.Generator]:
-    """A generator per (seed, module name), so that a seeded adapter differs from layer to layer."""
+def layer_generator(seed: Optional[int], key: str, adapter_name: str = "default") -> Optional[torch.Generator]:
+    """A generator per (seed, module name, adapter name): a seeded adapter differs from layer to layer
+    and from the other adapters on the model. The name "default" is left out of the key, so that
+    seeded runs made before adapters were told apart keep their draws."""
     if seed is None:
         return None
+    if adapter_name != "default":
+        key = f"{key}@{adapter_name}"
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+
+
+# --- the base weight, plain or quantised by bitsandbytes --------------------------------------------
+def quantised_bits(base: nn.Module) -> Optional[int]:
+    """4 or 8 for a bitsandbytes Linear4bit / Linear8bitLt, None for a plain nn.Linear."""
+    return {"Params4bit": 4, "Int8Params": 8}.get(type(base.weight).__name__)
+
+
+def dense_weight(base: nn.Module) -> torch.Tensor:
+    """W0 as a dense floating tensor (dequantised for a quantised base: a copy)."""
+    bits = quantised_bits(base)
+    if bits is None:
+        return base.weight.data
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    if bits == 4:
+        _unpack_for_cpu(base.weight)
+        return dequantize_bnb_weight(base.weight, state=base.weight.quant_state)
+    if base.state.SCB is None:
+        base.state.SCB = base.weight.SCB
+    return dequantize_bnb_weight(base.weight, state=base.state)
+
+
+def _unpack_for_cpu(weight: torch.Tensor) -> None:
+    """Undo bitsandbytes' CPU inference layout (a 4-bit weight repacked in place by an eval-mode
+    forward on AVX512-BF16 CPUs), which its dequantisation does not read: PEFT's LoRA merges
+    garbage there. bitsandbytes undoes it the same way before saving."""
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+
+
+def set_dense_weight(base: nn.Module, weight: torch.Tensor) -> None:
+    """Write W0 back (re-quantised for a quantised base, as PEFT's LoRA does)."""
+    bits = quantised_bits(base)
+    if bits is None:
+        base.weight.data = weight.to(base.weight.dtype)
+        return
+    import bitsandbytes as bnb
+
+    old = base.weight
+    if bits == 4:
+        kwargs = {k: v for k, v in old.__dict__.items() if not k.startswith("_") and k != "data"}
+        kwargs.update(bnb_quantized=False, requires_grad=False)
+        base.weight = bnb.nn.Params4bit(weight.to("cpu"), **kwargs).to(old.device)
+    else:
+        base.weight = bnb.nn.Int8Params(weight.to("cpu"), requires_grad=False,
+                                        has_fp16_weights=old.has_fp16_weights).to(old.device)
+        base.state.reset_grads()
 
 
 class AdapterLayer(BaseTunerLayer):
     """Plumbing every asymlora layer shares: per-adapter rank, scaling and dropout, merging through
-    `delta_weight`, dtype handling. Subclasses name their parameters and write the maths."""
+    `delta_weight`, dtype handling. Subclasses name their parameters (`prefix` + `parts`) and write
+    the maths."""
 
+    prefix: str  # names every parameter of the method; the tuner and PEFT's registry read it here
+    parts: tuple[str, ...]
     other_param_names: tuple[str, ...] = ("r", "lora_alpha", "scaling", "lora_dropout")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "prefix") and hasattr(cls, "parts"):
+            cls.adapter_layer_names = tuple(cls.prefix + p for p in cls.parts)
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -67,10 +131,22 @@ class AdapterLayer(BaseTunerLayer):
         self.r[adapter_name] = config.r
         self.lora_alpha[adapter_name] = config.lora_alpha
         self.scaling[adapter_name] = config.lora_alpha / config.r
-        self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        self.create_parameters(adapter_name, config, layer_generator(config.init_seed, key))
+        dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.lora_dropout[adapter_name] = dropout.train(self.training)  # an adapter added after .eval()
+        self.create_parameters(adapter_name, config, layer_generator(config.init_seed, key, adapter_name))
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        """PEFT's move to the base layer's device and dtype; on a quantised base (integer weights)
+        the adapter takes the layer's compute dtype, else stays float32."""
+        super()._move_adapter_to_device_of_base_layer(adapter_name, device)
+        compute = getattr(self.get_base_layer(), "compute_dtype", None)
+        if quantised_bits(self.get_base_layer()) is not None and compute is not None:
+            for name in self.adapter_layer_names:
+                params = getattr(self, name)
+                if adapter_name in params and params[adapter_name].device.type != "meta":
+                    params[adapter_name] = params[adapter_name].to(compute)
 
     def create_parameters(self, adapter_name: str, config: _LowRankConfig,
                           generator: Optional[torch.Generator]) -> None:
@@ -112,26 +188,45 @@ class AdapterLayer(BaseTunerLayer):
 
     # --- merging ------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        names = [a for a in (adapter_names or self.active_adapters) if a in self.r]
-        base = self.get_base_layer()
-        for name in names:
-            if name in self.merged_adapters:
-                continue
-            delta = self.delta_weight(name).to(base.weight.dtype)
-            if safe_merge:
-                merged = base.weight.data + delta
-                if not torch.isfinite(merged).all():
-                    raise ValueError(f"merging adapter {name!r} produced NaN or Inf weights")
-                base.weight.data = merged
-            else:
-                base.weight.data += delta
-            self.merged_adapters.append(name)
+        """Add the updates of `adapter_names` (default: the active ones) to W0. Every update is computed
+        before W0 changes, so an adapter that cannot merge (StaticWeightError) leaves the layer as it was."""
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.r]
+        if not names:
+            return
+        deltas = [self.delta_weight(name) for name in names]
+        self._add_to_weight(deltas, names, "Merge", check=safe_merge)
+        self.merged_adapters.extend(names)
 
     def unmerge(self) -> None:
+        """Subtract every merged update from W0 (computed first: an error leaves the layer merged)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        names = list(self.merged_adapters)
+        self._add_to_weight([-self.delta_weight(name) for name in names], names, "Unmerge", check=False)
+        self.merged_adapters.clear()
+
+    def _add_to_weight(self, deltas: list[torch.Tensor], names: list[str], verb: str, check: bool) -> None:
         base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            base.weight.data -= self.delta_weight(name).to(base.weight.dtype)
+        bits = quantised_bits(base)
+        if bits is not None:
+            warnings.warn(f"{verb} of asymlora adapters into a {bits}-bit linear layer may change generations "
+                          "through rounding errors (the weight is dequantised, updated and quantised again).")
+        weight = dense_weight(base)
+        total = sum(d.to(weight.device, weight.dtype) for d in deltas)
+        if check or bits is not None:
+            weight = weight + total
+            if check and not torch.isfinite(weight).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter(s) {names} seem to be broken")
+            set_dense_weight(base, weight)
+        else:
+            weight += total
+
+    def check_mergeable(self, adapter_names: Optional[list[str]] = None) -> None:
+        """Raise StaticWeightError if one of the adapters (default: the active ones) has no static update."""
+        for name in adapter_names or self.active_adapters:
+            if name in self.r and name not in self.merged_adapters:
+                self.lora_factors(name)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         try:
@@ -140,23 +235,28 @@ class AdapterLayer(BaseTunerLayer):
             return False
         return True
 
-    @property
-    def prefix(self) -> str:
-        return self.adapter_layer_names[0].rsplit("_", 1)[0] + "_"
-
 
 class RoutedLayer(AdapterLayer):
     """ALoRA and HydraLoRA: stacked A (n_A*r x d_in), stacked B (d_out x n_B*r), router (n x d_in).
 
-    `routed_side` is "A" (ALoRA) or "B" (HydraLoRA)."""
+    `routed_side` is "A" (ALoRA) or "B" (HydraLoRA). A fixed gate (set_fixed_gate) replaces the
+    router: it is kept in the persistent buffer `<prefix>gate` (all zeros: routed per token), so
+    that it is saved and loaded with the adapter, and the router, then unused, is frozen."""
 
     routed_side: str = "A"
-    other_param_names = AdapterLayer.other_param_names + ("num_experts", "fixed_gate")
+    parts = ("A", "B", "router")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "prefix" in cls.__dict__:
+            cls.other_param_names = AdapterLayer.other_param_names + ("num_experts", "fixed_gate", cls.prefix + "gate")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         super().__init__(base_layer, **kwargs)
         self.num_experts: dict[str, int] = {}
         self.fixed_gate: dict[str, Optional[torch.Tensor]] = {}
+        setattr(self, self.prefix + "gate", BufferDict(persistent=True))
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module._read_saved_gates())
         # Called as sink(layer, adapter_name, gates) when set: how gate recorders observe routing.
         self.gate_sink: Optional[Callable[["RoutedLayer", str, torch.Tensor], None]] = None
 
@@ -179,21 +279,52 @@ class RoutedLayer(AdapterLayer):
         getattr(self, self.prefix + "B")[adapter_name] = B
         if n > 1:
             getattr(self, self.prefix + "router")[adapter_name] = kaiming_(self._new(n, self.in_features), generator)
+        self._saved_gates()[adapter_name] = torch.zeros(n)
+        self.fixed_gate[adapter_name] = None
         self.set_fixed_gate(adapter_name, config.fixed_gate)
 
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        super()._move_adapter_to_device_of_base_layer(adapter_name, device)
+        saved = self._saved_gates()
+        if adapter_name in saved and saved[adapter_name].device.type != "meta":
+            saved[adapter_name] = saved[adapter_name].float()  # a gate is kept in float32 whatever the base
+
+    def _saved_gates(self) -> BufferDict:
+        return getattr(self, self.prefix + "gate")
+
     def set_fixed_gate(self, adapter_name: str, gate: Optional[Any]) -> None:
-        """Route every token with this gate vector instead of the router (None restores routing).
-        A fixed gate makes the update static, so the adapter can merge and export as plain LoRA."""
-        if gate is None:
-            self.fixed_gate[adapter_name] = None
-            return
-        gate = torch.as_tensor(gate, dtype=torch.float32).flatten()
+        """Route every token with this gate vector (n non-negative weights summing to 1) instead of the
+        router; None restores routing. A fixed gate makes the update static, so the adapter can merge
+        and export as plain LoRA. Refused while the adapter is merged (unmerge first)."""
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"adapter {adapter_name!r} is merged into the base weights: unmerge it before "
+                             "changing its gate")
         n = self.num_experts[adapter_name]
-        if gate.numel() != n:
-            raise ValueError(f"fixed gate has {gate.numel()} weights but the adapter has {n} experts")
-        if not torch.isfinite(gate).all():
-            raise ValueError("fixed gate contains NaN or Inf")
-        self.fixed_gate[adapter_name] = gate
+        fixed = None if gate is None else check_gate(gate, n, "fixed gate")
+        saved = self._saved_gates()
+        saved[adapter_name] = (torch.zeros(n) if fixed is None else fixed).to(saved[adapter_name].device)
+        self.fixed_gate[adapter_name] = fixed
+        self._freeze_unused_routers()
+
+    def _read_saved_gates(self) -> None:
+        """After a state dict was loaded: take the fixed gates it held."""
+        for name, saved in self._saved_gates().items():
+            if saved.device.type == "meta" or name not in self.num_experts:
+                continue
+            self.fixed_gate[name] = None if not saved.any() else check_gate(saved, self.num_experts[name], "saved gate")
+        self._freeze_unused_routers()
+
+    def _freeze_unused_routers(self) -> None:
+        """A router that a fixed gate replaces gets no gradient: it is not trained; routing again
+        trains it whenever the adapter's own factors are."""
+        routers = getattr(self, self.prefix + "router")
+        for name, W_g in routers.items():
+            trainable = self._param("A", name).requires_grad and self.fixed_gate.get(name) is None
+            W_g.requires_grad_(trainable)
+
+    def set_adapter(self, adapter_names: Any, inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+        self._freeze_unused_routers()
 
     # views for analysis and export
     def experts_A(self, adapter_name: str) -> torch.Tensor:
@@ -211,51 +342,40 @@ class RoutedLayer(AdapterLayer):
         return routers[adapter_name] if adapter_name in routers else None
 
     def gate(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """Per-token softmax gates (..., n), float32: what the router makes of x."""
+        """Per-token gates (..., n): the fixed gate, else the router's softmax. The one place gates
+        are made (the forward and every recorder read them here), in the wider of float32 and x's dtype."""
+        n = self.num_experts[adapter_name]
+        dtype = torch.promote_types(x.dtype, torch.float32)
         fixed = self.fixed_gate.get(adapter_name)
         if fixed is not None:
-            return fixed.to(x.device).expand(*x.shape[:-1], -1)
-        W_g = self.router_weight(adapter_name)
-        if W_g is None:
-            return x.new_ones(*x.shape[:-1], 1, dtype=torch.float32)
-        return F.linear(x.to(W_g.dtype), W_g).float().softmax(-1)
+            gates = fixed.to(x.device, dtype).expand(*x.shape[:-1], n)
+        elif n == 1:
+            gates = x.new_ones(*x.shape[:-1], 1, dtype=dtype)
+        else:
+            W_g = self.router_weight(adapter_name)
+            gates = F.linear(self._cast_input_dtype(x, W_g.dtype), W_g).to(dtype).softmax(-1)
+        if self.gate_sink is not None:
+            self.gate_sink(self, adapter_name, gates.detach())
+        return gates
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         A, B = self._param("A", adapter_name), self._param("B", adapter_name)
-        W_g = self.router_weight(adapter_name)
-        fixed = self.fixed_gate.get(adapter_name)
-        dropout = self.lora_dropout[adapter_name]
         r, n = self.r[adapter_name], self.num_experts[adapter_name]
         x = self._cast_input_dtype(x, A.dtype)
-        no_dropout = isinstance(dropout, nn.Identity) or not self.training
-        if W_g is not None and fixed is None and no_dropout:
-            # one GEMM: every expert's projection and the router's logits together
-            h, logits = F.linear(x, torch.cat([A, W_g])).split([A.shape[0], n], dim=-1)
-            gates = logits.float().softmax(-1)
-        else:
-            h = F.linear(dropout(x), A)
-            if n == 1:
-                gates = None
-            elif fixed is not None:
-                gates = fixed.to(x.device)
-            else:
-                gates = F.linear(x, W_g).float().softmax(-1)
-        if gates is not None:
-            if self.gate_sink is not None:
-                self.gate_sink(self, adapter_name, gates.detach())
-            # Both methods in one line: weight the (n_A, r) projections by the n gates (n_A = 1
-            # broadcasts, so HydraLoRA's single A feeds every head), then let one GEMM against the
-            # (d_out, n*r) stack of B's sum over experts. ALoRA's stack is its one B, repeated.
-            h = (h.unflatten(-1, (-1, r)) * gates.to(h.dtype).unsqueeze(-1)).flatten(-2)
-            if B.shape[1] != h.shape[-1]:
-                B = B.repeat(1, n)
+        h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., n_A r): every A expert in one GEMM
+        if n > 1:
+            w = self.gate(x, adapter_name).to(h.dtype).unsqueeze(-1)  # (..., n, 1)
+            if self.routed_side == "A":  # ALoRA: sum_i w_i A_i x, then the one shared B (r columns)
+                h = (h.unflatten(-1, (n, r)) * w).sum(-2)
+            else:  # HydraLoRA: the one A x weighted per head; the (d_out, n r) stack of B's sums the heads
+                h = (h.unsqueeze(-2) * w).flatten(-2)
         return F.linear(h, B) * self.scaling[adapter_name]
 
     def lora_factors(self, adapter_name: str, gate: Optional[Any] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ALoRA: A_eff = sum_i w_i A_i with the shared B; HydraLoRA: B_eff = sum_i w_i B_i with the shared A."""
+        n = self.num_experts[adapter_name]
         if gate is None:
             gate = self.fixed_gate.get(adapter_name)
-        n = self.num_experts[adapter_name]
         if gate is None:
             if n > 1:
                 raise StaticWeightError(
@@ -263,9 +383,7 @@ class RoutedLayer(AdapterLayer):
                     "(set one with set_fixed_gate, or pass a gate to export)"
                 )
             gate = torch.ones(1)
-        gate = torch.as_tensor(gate, dtype=torch.float32).flatten()
-        if gate.numel() != n:
-            raise ValueError(f"gate has {gate.numel()} weights but the adapter has {n} experts")
+        gate = check_gate(gate, n)
         A, B = self.experts_A(adapter_name), self.experts_B(adapter_name)
         w = gate.to(device=A.device, dtype=A.dtype)
         if self.routed_side == "A":
@@ -274,19 +392,20 @@ class RoutedLayer(AdapterLayer):
 
 
 class ALoRALayer(RoutedLayer):
-    adapter_layer_names = ("alora_A", "alora_B", "alora_router")
+    prefix = "alora_"
     routed_side = "A"
 
 
 class HydraLoRALayer(RoutedLayer):
-    adapter_layer_names = ("hydralora_A", "hydralora_B", "hydralora_router")
+    prefix = "hydralora_"
     routed_side = "B"
 
 
 class MoSLoRALayer(AdapterLayer):
     """B M A with a trainable r x r mixer between the two factors."""
 
-    adapter_layer_names = ("moslora_A", "moslora_M", "moslora_B")
+    prefix = "moslora_"
+    parts = ("A", "M", "B")
 
     def create_parameters(self, adapter_name: str, config: MoSLoRAConfig,
                           generator: Optional[torch.Generator]) -> None:
@@ -319,8 +438,8 @@ class DecomposedLayer(AdapterLayer):
     The zero-initialised factor is B2 (resp. A2), so the adapted model starts equal to the base.
     """
 
-    adapter_layer_names = ("declora_A", "declora_M", "declora_B", "declora_A1", "declora_A2",
-                           "declora_B1", "declora_B2")
+    prefix = "declora_"
+    parts = ("A", "M", "B", "A1", "A2", "B1", "B2")
     other_param_names = AdapterLayer.other_param_names + ("declora_B0", "declora_A0", "shared_side",
                                                           "intermediate_dim")
 

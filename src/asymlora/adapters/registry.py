@@ -2,7 +2,7 @@
 
 PEFT's `register_peft_method` accepts only names already present in its closed `PeftType` enum,
 so a method from outside PEFT cannot register itself the documented way. We add our members to
-that enum (the same object PEFT looks names up in) and then call `register_peft_method`; after
+that enum (`config.peft_type`) and then call `register_peft_method`; after
 `import asymlora`, `peft.get_peft_model`, `PeftModel.from_pretrained` and `PeftConfig.from_pretrained`
 handle our adapters like PEFT's own.
 """
@@ -11,32 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft.utils.peft_types import PeftType
+from .config import ALoRAConfig, DecomposedLoRAConfig, HydraLoRAConfig, MoSLoRAConfig
+from .model import ALoRAModel, DecomposedLoRAModel, HydraLoRAModel, MoSLoRAModel
 
-# name -> (PeftType value, parameter prefix); the prefix names every parameter of that method.
-METHODS: dict[str, str] = {
-    "alora": "alora_",
-    "hydralora": "hydralora_",
-    "moslora": "moslora_",
-    "declora": "declora_",
-}
-
-
-def peft_type(name: str) -> PeftType:
-    """The PeftType member of one of our methods, creating it on first use."""
-    key = f"ASYMLORA_{name.upper()}"
-    if key in PeftType.__members__:
-        return PeftType[key]
-    member = str.__new__(PeftType, key)
-    member._name_ = key
-    member._value_ = key
-    member.__objclass__ = PeftType
-    type.__setattr__(PeftType, key, member)
-    PeftType._member_map_[key] = member
-    PeftType._value2member_map_[key] = member
-    PeftType._member_names_.append(key)
-    return member
-
+# Each PEFT method of ours: its config (which names the method) and its tuner (whose layer names the
+# parameter prefix).
+TUNERS = ((ALoRAConfig, ALoRAModel), (HydraLoRAConfig, HydraLoRAModel), (MoSLoRAConfig, MoSLoRAModel),
+          (DecomposedLoRAConfig, DecomposedLoRAModel))
 
 _registered = False
 
@@ -48,31 +29,34 @@ def register_with_peft() -> None:
         return
     from peft.utils import register_peft_method
 
-    from . import config, model
+    from .config import peft_type
 
-    pairs = {
-        "alora": (config.ALoRAConfig, model.ALoRAModel),
-        "hydralora": (config.HydraLoRAConfig, model.HydraLoRAModel),
-        "moslora": (config.MoSLoRAConfig, model.MoSLoRAModel),
-        "declora": (config.DecomposedLoRAConfig, model.DecomposedLoRAModel),
-    }
-    for name, (config_cls, model_cls) in pairs.items():
-        member = peft_type(name)
+    for config_cls, model_cls in TUNERS:
         try:
-            register_peft_method(
-                name=member.value.lower(), config_cls=config_cls, model_cls=model_cls, prefix=METHODS[name]
-            )
+            register_peft_method(name=peft_type(config_cls.method).value.lower(), config_cls=config_cls,
+                                 model_cls=model_cls, prefix=model_cls.prefix)
         except KeyError:  # already registered by an earlier import of a reloaded module
             pass
     _registered = True
 
 
-def get_peft_model(model: Any, peft_config: Any, adapter_name: str = "default", **kwargs: Any) -> Any:
-    """`peft.get_peft_model`, after making sure our methods are registered. PEFT's own function
-    works just as well once `asymlora` is imported; this one exists so that the import is implied."""
+ADAPTER_DTYPES = ("base", "float32")
+
+
+def get_peft_model(model: Any, peft_config: Any, adapter_name: str = "default", adapter_dtype: str = "base",
+                   **kwargs: Any) -> Any:
+    """`peft.get_peft_model`, with our methods registered and the adapter dtype said explicitly.
+
+    adapter_dtype "base" (the default) keeps the adapter in the base weights' dtype (a quantised
+    base: its compute dtype), so a bf16 base trains bf16 adapters at bf16 speed; "float32" upcasts
+    half-precision adapters, PEFT's own default (`autocast_adapter_dtype=True`), steadier for
+    long runs at some cost in speed and memory."""
     import peft
 
+    if adapter_dtype not in ADAPTER_DTYPES:
+        raise ValueError(f"adapter_dtype must be 'base' or 'float32', got {adapter_dtype!r}")
     register_with_peft()
+    kwargs.setdefault("autocast_adapter_dtype", adapter_dtype == "float32")
     return peft.get_peft_model(model, peft_config, adapter_name=adapter_name, **kwargs)
 
 

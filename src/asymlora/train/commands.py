@@ -115,7 +115,8 @@ _TRAIN_FLAGS = {  # flag -> (TrainConfig field, type)
     "seed": ("seed", int), "save_steps": ("save_steps", int), "logging_steps": ("logging_steps", int),
     "report_to": ("report_to", str), "precision": ("precision", str), "sampling": ("sampling", str),
     "template": ("template", str), "warmup_steps": ("warmup_steps", int),
-    "loss_chunk_size": ("loss_chunk_size", int),
+    "loss_chunk_size": ("loss_chunk_size", int), "adapter_dtype": ("adapter_dtype", str),
+    "bnb_4bit_quant_type": ("bnb_4bit_quant_type", str), "bnb_4bit_compute_dtype": ("bnb_4bit_compute_dtype", str),
 }
 _FLAG_HELP = {
     "lr": "learning rate (default 3e-4)", "epochs": "epochs (default 3; --max-steps overrides)",
@@ -125,6 +126,9 @@ _FLAG_HELP = {
     "sampling": "task mixing: proportional, balanced or temperature", "report_to": "tensorboard, wandb, ... or none",
     "template": "prompt template: alpaca_short, chat or a template .json",
     "loss_chunk_size": "logits only where there are labels, this many tokens at a time (same loss, faster)",
+    "adapter_dtype": "base (default: the base weights' dtype) or float32 (PEFT's upcast)",
+    "bnb_4bit_quant_type": "with --load-in-4bit: nf4 (default) or fp4",
+    "bnb_4bit_compute_dtype": "with --load-in-4bit: auto (the training precision), fp32, bf16 or fp16",
     "r": "adapter rank (default: the method's equal-budget rank)", "alpha": "lora_alpha (default 2r)",
     "num_experts": "experts of ALoRA / HydraLoRA (default 3)", "dropout": "adapter dropout (default 0.05)",
 }
@@ -151,6 +155,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--packing", action="store_true",
                    help="pack each batch's examples into rows as long as its longest example (no attention across examples)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--load-in-4bit", action="store_true", help="quantise the base to 4 bits (QLoRA; bitsandbytes)")
+    p.add_argument("--load-in-8bit", action="store_true", help="quantise the base to 8 bits (bitsandbytes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
 
@@ -194,7 +200,8 @@ def _run_train(args: argparse.Namespace) -> int:
             adapter[key] = getattr(args, flag)
     if args.targets:
         adapter["target_modules"] = args.targets
-    for flag, key in (("train_on_prompt", "train_on_prompt"), ("packing", "packing"), ("compile", "torch_compile")):
+    for flag, key in (("train_on_prompt", "train_on_prompt"), ("packing", "packing"), ("compile", "torch_compile"),
+                      ("load_in_4bit", "load_in_4bit"), ("load_in_8bit", "load_in_8bit")):
         if getattr(args, flag):
             training[key] = True
     if args.no_progress:
@@ -335,6 +342,7 @@ def _add_export(sub: Any) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from ..adapters.config import check_gate
     from ..adapters.export import export_lora, mean_gates
     from ..adapters.inspect import iter_adapter_layers
     from ..adapters.layer import RoutedLayer
@@ -346,13 +354,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.gate is not None:
         if not routed:
             raise ValueError("--gate is only for routed adapters (ALoRA, HydraLoRA)")
-        n = routed[0].num_experts["default"]
-        total = sum(args.gate)
-        if len(args.gate) != n:
-            raise ValueError(f"--gate has {len(args.gate)} weights but the adapter has {n} experts")
-        if any(w < 0 for w in args.gate) or abs(total - 1.0) > 1e-6:
-            raise ValueError(f"--gate must be non-negative weights summing to 1, got {args.gate} (sum {total:g})")
-        gate = args.gate
+        gate = check_gate(args.gate, routed[0].num_experts["default"], "--gate")
     elif args.mean_gate_data:
         if not routed:
             raise ValueError("--mean-gate-data is only for routed adapters (ALoRA, HydraLoRA)")

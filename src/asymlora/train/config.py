@@ -125,6 +125,15 @@ class TrainConfig:
     packing: bool = False
     loss_chunk_size: int = 0
     progress: bool = True
+    # Adapter dtype: "base" trains it in the base weights' dtype (bf16 beside a bf16 base: SPEC §5),
+    # "float32" upcasts it (PEFT's autocast_adapter_dtype=True).
+    adapter_dtype: str = "base"
+    # Quantised base (QLoRA), through bitsandbytes: 4-bit nf4 / fp4 with matmuls in the compute dtype
+    # (auto: the training precision), or 8-bit. Only for a base loaded by name.
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_compute_dtype: str = "auto"
     extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field
 
     def __post_init__(self) -> None:
@@ -146,6 +155,30 @@ class TrainConfig:
                               "(set loss_chunk_size: 0)")
         if (self.sampling == "temperature") != (self.temperature is not None):
             raise ConfigError("temperature is required with sampling: temperature, and only then")
+        self._check_quantisation()
+
+    def _check_quantisation(self) -> None:
+        if self.adapter_dtype not in ("base", "float32"):
+            raise ConfigError(f"adapter_dtype must be base or float32, got {self.adapter_dtype!r}")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("load_in_4bit and load_in_8bit exclude each other: choose one")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"bnb_4bit_quant_type must be nf4 or fp4, got {self.bnb_4bit_quant_type!r}")
+        if self.bnb_4bit_compute_dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"bnb_4bit_compute_dtype must be auto, fp32, bf16 or fp16, got {self.bnb_4bit_compute_dtype!r}")
+        changed = [k for k, v in (("bnb_4bit_quant_type", "nf4"), ("bnb_4bit_compute_dtype", "auto"))
+                   if getattr(self, k) != v]
+        if changed and not self.load_in_4bit:
+            raise ConfigError(f"{' and '.join(changed)} applies only with load_in_4bit")
+        if self.quantization and self.torch_compile:
+            raise ConfigError("torch_compile is not available with a quantised base (bitsandbytes layers)")
+
+    @property
+    def quantization(self) -> Optional[str]:
+        """nf4, fp4, int8, or None for a base in full precision."""
+        if self.load_in_4bit:
+            return self.bnb_4bit_quant_type
+        return "int8" if self.load_in_8bit else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "training") -> "TrainConfig":

@@ -130,6 +130,16 @@ class _RunRecordAtStart(TrainerCallback):
         return control
 
 
+def _quantised_loading(config: TrainConfig) -> dict[str, Any]:
+    """load_model's quantisation arguments for `config` (none for a full-precision base)."""
+    if not config.quantization:
+        return {}
+    compute = config.bnb_4bit_compute_dtype
+    compute = resolve_precision(config.precision) if compute == "auto" else compute
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return {"quantization": config.quantization, "compute_dtype": dtypes[compute]}
+
+
 def resolve_precision(precision: str) -> str:
     """auto -> bf16 on a GPU that has it, fp16 on an older GPU, fp32 on the CPU (the CPUs here have
     no bf16 instructions: bf16 was 40x slower)."""
@@ -378,9 +388,13 @@ def train(
 
     if isinstance(model_name_or_model, (str, os.PathLike)):
         model_name = str(model_name_or_model)
-        model, loaded_tok = load_model(model_name, device="cuda" if torch.cuda.is_available() else None)
+        model, loaded_tok = load_model(model_name, device="cuda" if torch.cuda.is_available() else None,
+                                       **_quantised_loading(config))
         tokenizer = tokenizer or loaded_tok
     else:
+        if config.quantization:
+            raise ConfigError("load_in_4bit / load_in_8bit quantise a base loaded by name; this one is an object "
+                              "(load it quantised yourself)")
         model = model_name_or_model
         model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or None
     if isinstance(model, PeftModel):
@@ -414,7 +428,11 @@ def train(
     from transformers import set_seed
 
     set_seed(config.seed)  # PEFT's own adapters draw their initial weights from the global generator
-    model = get_peft_model(model, peft_config)
+    if getattr(model, "is_quantized", False):  # QLoRA's preparation: norms in float32, input gradients
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    model = get_peft_model(model, peft_config, adapter_dtype=config.adapter_dtype)
 
     run: dict[str, Any] = {
         "method": method,
