@@ -43,6 +43,42 @@ def test_decomposition_paper_variant_is_12_12_and_exact_counts():
         assert report.setting == "heterogeneous"
 
 
+@pytest.mark.parametrize("method", ["fedalora", "fedsa"])
+def test_upload_forms_llama2_7b(method):
+    """Issue 9: Params.(M) per client per round, factors 12.09, product 8.39, auto 7.87."""
+    got = {u: comm_cost(LLAMA2_7B, QV, method, HET, dm=16, upload=u) for u in ("factors", "product", "auto")}
+    assert {u: round(r.total_params / 1e6, 2) for u, r in got.items()} == \
+        {"factors": 12.09, "product": 8.39, "auto": 7.87}
+    # by hand, per layer (64 of them): the product is 4096 x 16 = 65,536 whatever the rank; the
+    # factors (4096 + 16) r are smaller only at rank 8 (32,896); the download is 65,536 in every form
+    assert got["product"].upload_params == 64 * 65_536
+    assert got["auto"].upload_params == 64 * (6 * 65_536 + 2 * 32_896) / 8
+    assert got["auto"].total_params == 7_866_368
+    assert [c.upload_form for c in got["auto"].clients] == ["product"] * 6 + ["factors"] * 2
+    assert {c.upload_form for c in got["product"].clients} == {"product"}
+    assert {c.upload_form for c in got["factors"].clients} == {"factors"}
+    for upload, r in got.items():
+        assert r.upload == upload and r.download_params == 64 * 65_536
+        assert round(r.paper_total_params / 1e6, 2) == 12.12       # the paper's figure, beside ours
+        assert r.wire_total_params == r.total_params
+
+
+def test_auto_decides_per_layer():
+    # v_proj 32 -> 16, q_proj 32 -> 32, d_m 5, rank 4: the product is smaller for v_proj only
+    r = comm_cost(TINY, QV, "fedalora", [4], dm=5, upload="auto")
+    assert r.clients[0].upload_form == "mixed"
+    assert r.upload_params == 2 * ((32 + 5) * 4 + 16 * 5)
+
+
+def test_upload_needs_the_decomposition():
+    with pytest.raises(ValueError, match="upload product applies to the decomposition only .*fedit sends its"):
+        comm_cost(LLAMA2_7B, QV, "fedit", [8], upload="product")
+    with pytest.raises(ValueError, match="upload auto applies to the decomposition only"):
+        comm_cost(LLAMA2_7B, QV, "fedalora", [8], upload="auto")
+    with pytest.raises(ValueError, match="unknown upload 'sum'; known: factors, product, auto"):
+        comm_cost(LLAMA2_7B, QV, "fedalora", HET, dm=16, upload="sum")
+
+
 def test_feddpa_reports_paper_count_and_the_wire_count():
     report = comm_cost(LLAMA2_7B, QV, "feddpa", [8])
     fedit = comm_cost(LLAMA2_7B, QV, "fedit", [8])

@@ -38,6 +38,28 @@ def test_json_output(config, capsys):
     assert out["upload_bytes"] == 4 * out["upload_params"]
 
 
+@pytest.mark.parametrize("upload, total, table", [
+    ("factors", 12_089_344, "Params.(M) = 12.09 (the paper counts this setting as 12.12)"),
+    ("product", 8_388_608, "Params.(M) = 8.39 (the paper counts this setting as 12.12)"),
+    ("auto", 7_866_368, "Params.(M) = 7.87 (the paper counts this setting as 12.12)"),
+])
+def test_upload_modes(config, capsys, upload, total, table):
+    argv = ["comm", "--model", config, "--method", "fedalora", "--ranks", "64,64,32,32,16,16,8,8", "--dm", "16",
+            "--upload", upload]
+    assert run(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total_params"] == total and out["upload"] == upload
+    assert round(out["paper_total_params"] / 1e6, 2) == 12.12
+    assert run(argv) == 0
+    text = capsys.readouterr().out
+    assert table in text and f"upload {upload}" in text
+
+
+def test_upload_without_the_decomposition_is_an_error(config, capsys):
+    assert run(["comm", "--model", config, "--method", "fedit", "--ranks", "8", "--upload", "product"]) == 2
+    assert "upload product applies to the decomposition only" in capsys.readouterr().err
+
+
 def test_table_output_and_dtype(config, capsys):
     assert run(["comm", "--model", config, "--method", "fedit", "--ranks", "8", "--dtype-bytes", "2"]) == 0
     out = capsys.readouterr().out

@@ -52,3 +52,21 @@ def test_measured_traffic_equals_formula(case):
     else:
         assert report.total_params == exact(2 * measured.total_params)  # the paper's count, documented
     assert all(t.dtype == torch.float32 for t in broadcast.values())
+
+
+@pytest.mark.parametrize("side", ["B", "A"])
+@pytest.mark.parametrize("upload", ["factors", "product", "auto"])
+def test_measured_traffic_equals_formula_in_every_upload_form(side, upload):
+    """d_m 5, ranks 6, 4, 1: under auto, rank 6 sends products, rank 1 factors, and (B side) rank 4
+    mixes them across layers of different d_out."""
+    name, ranks, dm = ("fedalora" if side == "B" else "fedsa"), [6, 4, 1], 5
+    states = [decomposed_state(r, dm, side, i) for i, r in enumerate(ranks)]
+    uploads = [build_method(name, heterogeneous=True, upload=upload, rank=r).client_upload(s)
+               for s, r in zip(states, ranks)]
+    measured = measure_comm(uploads, build_method(name, heterogeneous=True, upload=upload).aggregate(uploads, [1, 2, 3]))
+    report = comm_cost(TINY, TARGETS, name, ranks, dm=dm, upload=upload)
+    assert measured.per_client_upload_params == [c.upload_params for c in report.clients]
+    assert measured.download_params == report.download_params
+    assert measured.total_params == pytest.approx(report.total_params, rel=1e-12)
+    if upload == "auto" and side == "B":
+        assert [c.upload_form for c in report.clients] == ["product", "mixed", "factors"]

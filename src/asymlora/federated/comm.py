@@ -13,11 +13,15 @@ Per adapted layer (d_in x d_out), client rank r_i, n clients, d_m the decomposit
     fedalora      het       (d_out + d_m) r_i      d_out d_m             (B1, B2 up; B0 down)
     fedsa         het       (d_in + d_m) r_i       d_in d_m              (A1, A2 up; A0 down)
 
+The decomposition's upload depends on `upload` (see algorithms/decomposed.py): factors as above,
+product d_out d_m (d_in d_m) whatever the rank, auto the smaller of the two per layer and client.
+
 Two documented departures, both reported beside the main figure:
 - FedDPA sends only its global LoRA, i.e. FedIT's traffic (`wire_*`); the paper's Table 4 counts
   it twice (16.78 M for LLaMA-2-7B), and the main figure follows the paper.
-- For the decomposition the paper prints 12.12 M where the tensors sent give 12.09 M; 12.12 is
-  an upload of (d_out + 2 d_m) r_i (`paper_total_params`). The main figure is what is sent.
+- For the decomposition the paper prints 12.12 M where the factors sent give 12.09 M; 12.12 is
+  an upload of (d_out + 2 d_m) r_i (`paper_total_params`, whatever `upload` says). The main
+  figure is what is sent.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from ..files import read_settings
+from .algorithms.decomposed import UPLOADS, sends_product
 
 KNOWN_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 COMM_METHODS: tuple[str, ...] = ("fedit", "feddpa", "fedsa", "fedalora", "zeropadding", "flora")
@@ -126,6 +131,7 @@ def layer_shapes(config: Union[ConfigSource, ModelShape], targets: Sequence[str]
 class ClientComm:
     client: int
     rank: int
+    upload_form: str  # factors, product, or mixed (auto, where layers of different shapes differ)
     upload_params: int
     download_params: int
     total_params: int
@@ -142,6 +148,7 @@ class CommReport:
     targets: list[str]
     ranks: list[int]
     dm: Optional[int]
+    upload: str
     num_clients: int
     dtype_bytes: int
     num_adapted_layers: int
@@ -163,8 +170,16 @@ class CommReport:
         return asdict(self)
 
 
+def _product_sent(method: str, het: bool, d_in: int, d_out: int, r: int, dm: Optional[int], upload: str) -> bool:
+    """Whether a client of rank r sends this layer's decomposition as its product."""
+    if method not in ("fedalora", "fedsa") or not het:
+        return False
+    side = d_in if method == "fedsa" else d_out
+    return sends_product(upload, side * dm, (side + dm) * r)
+
+
 def _per_layer(method: str, het: bool, d_in: int, d_out: int, r: int, ranks: Sequence[int],
-               dm: Optional[int], convention: str) -> tuple[int, int]:
+               dm: Optional[int], convention: str, upload: str = "factors") -> tuple[int, int]:
     """(upload, download) parameters of one adapted layer for a client of rank r."""
     full = d_in + d_out
     if method in ("fedit", "feddpa"):
@@ -177,18 +192,22 @@ def _per_layer(method: str, het: bool, d_in: int, d_out: int, r: int, ranks: Seq
     side = d_in if method == "fedsa" else d_out
     if not het:
         return side * r, side * r
-    extra = 2 * dm if convention == "paper" else dm
-    return (side + extra) * r, side * dm
+    if convention == "paper":
+        return (side + 2 * dm) * r, side * dm
+    if _product_sent(method, het, d_in, d_out, r, dm, upload):
+        return side * dm, side * dm
+    return (side + dm) * r, side * dm
 
 
 def comm_cost(config: Union[ConfigSource, ModelShape], targets: Sequence[str], method: str,
               ranks: Sequence[int], *, dm: Optional[int] = None, num_clients: Optional[int] = None,
-              dtype_bytes: int = 4) -> CommReport:
+              dtype_bytes: int = 4, upload: str = "factors") -> CommReport:
     """What each client uploads and downloads per round under `method`.
 
     `ranks`: one rank per client, or a single rank shared by `num_clients` clients. fedalora and
     fedsa use the decomposition (heterogeneous setting) when `dm` is given; they need it when the
-    ranks differ. fedit and feddpa need one rank. `dm` is ignored by the other methods.
+    ranks differ. fedit and feddpa need one rank. `dm` is ignored by the other methods. `upload`
+    (factors, product, auto) is the decomposition's upload form; other settings send factors.
     """
     if method not in COMM_METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(COMM_METHODS)}")
@@ -218,20 +237,29 @@ def comm_cost(config: Union[ConfigSource, ModelShape], targets: Sequence[str], m
         het = distinct
         if dm is not None:
             notes.append(f"d_m is not used by {method}; ignored")
+    if upload not in UPLOADS:
+        raise ValueError(f"unknown upload {upload!r}; known: {', '.join(UPLOADS)}")
+    if upload != "factors" and not (method in ("fedalora", "fedsa") and het):
+        raise ValueError(f"upload {upload} applies to the decomposition only (fedalora or fedsa with --dm); "
+                         f"{method} sends its factors")
     setting = "heterogeneous" if het else "homogeneous"
     layers = layer_shapes(config, targets)
 
     def totals(r: int, convention: str) -> tuple[int, int]:
         up = down = 0
         for ls in layers:
-            u, d = _per_layer(method, het, ls.d_in, ls.d_out, r, ranks, dm, convention)
+            u, d = _per_layer(method, het, ls.d_in, ls.d_out, r, ranks, dm, convention, upload)
             up, down = up + u * ls.count, down + d * ls.count
         return up, down
+
+    def form(r: int) -> str:
+        sent = {_product_sent(method, het, ls.d_in, ls.d_out, r, dm, upload) for ls in layers}
+        return "mixed" if len(sent) > 1 else ("product" if sent == {True} else "factors")
 
     clients = []
     for i, r in enumerate(ranks):
         up, down = totals(r, "table")
-        clients.append(ClientComm(i, r, up, down, up + down, up * dtype_bytes, down * dtype_bytes,
+        clients.append(ClientComm(i, r, form(r), up, down, up + down, up * dtype_bytes, down * dtype_bytes,
                                   (up + down) * dtype_bytes))
     n = len(ranks)
     mean = lambda xs: sum(xs) / n  # noqa: E731
@@ -243,12 +271,12 @@ def comm_cost(config: Union[ConfigSource, ModelShape], targets: Sequence[str], m
                      "counts it twice, as reported here")
     if method in ("fedalora", "fedsa") and het:
         notes.append("the paper prints this setting as paper_total_params: an upload of "
-                     "(d + 2 d_m) r_i instead of the (d + d_m) r_i actually sent")
+                     "(d + 2 d_m) r_i instead of the (d + d_m) r_i of the factors")
     if method == "flora" and num_clients is None and len(ranks) == 1:
         notes.append("FLoRA's download grows with the number of clients; give every client's rank "
                      "or --num-clients")
     return CommReport(
-        method=method, setting=setting, targets=[ls.module for ls in layers], ranks=list(ranks), dm=dm,
+        method=method, setting=setting, targets=[ls.module for ls in layers], ranks=list(ranks), dm=dm, upload=upload,
         num_clients=n, dtype_bytes=dtype_bytes, num_adapted_layers=sum(ls.count for ls in layers),
         upload_params=up_m, download_params=down_m, total_params=up_m + down_m,
         upload_bytes=up_m * dtype_bytes, download_bytes=down_m * dtype_bytes,
@@ -292,22 +320,22 @@ def measure_comm(uploads: Sequence[Mapping[str, torch.Tensor]], broadcast: Mappi
 def format_table(report: CommReport) -> str:
     """A plain-text table: one row per client, then the mean (Params.(M) in the paper's tables)."""
     name = _DISPLAY[report.method] + ("*" if report.method == "fedsa" and report.setting == "heterogeneous" else "")
-    dm = f", d_m = {report.dm}" if report.dm is not None and report.method in ("fedalora", "fedsa") else ""
+    dm = (f", d_m = {report.dm}, upload {report.upload}" if report.setting == "heterogeneous"
+          and report.method in ("fedalora", "fedsa") else "")
     shapes = ", ".join(f"{ls.module} {ls.d_in}->{ls.d_out}" for ls in report.layers)
     lines = [
         f"{name} ({report.setting}{dm}): {report.num_adapted_layers} adapted layers ({shapes}), "
         f"{report.dtype_bytes} bytes per parameter; per client per round",
-        f"{'client':>6} {'rank':>5} {'upload':>14} {'download':>14} {'total':>14} {'total MB':>10}",
+        f"{'client':>6} {'rank':>5} {'sends':>8} {'upload':>14} {'download':>14} {'total':>14} {'total MB':>10}",
     ]
     for c in report.clients:
-        lines.append(f"{c.client:>6} {c.rank:>5} {c.upload_params:>14,} {c.download_params:>14,} "
+        lines.append(f"{c.client:>6} {c.rank:>5} {c.upload_form:>8} {c.upload_params:>14,} {c.download_params:>14,} "
                      f"{c.total_params:>14,} {c.total_bytes / 1e6:>10.2f}")
-    lines.append(f"{'mean':>6} {'':>5} {report.upload_params:>14,.0f} {report.download_params:>14,.0f} "
+    lines.append(f"{'mean':>6} {'':>5} {'':>8} {report.upload_params:>14,.0f} {report.download_params:>14,.0f} "
                  f"{report.total_params:>14,.0f} {report.total_bytes / 1e6:>10.2f}")
-    lines.append(f"Params.(M) = {report.total_params / 1e6:.2f}")
+    lines.append(f"Params.(M) = {report.total_params / 1e6:.2f} (the paper counts this setting as "
+                 f"{report.paper_total_params / 1e6:.2f})")
     if report.wire_total_params != report.total_params:
         lines.append(f"tensors actually sent: {report.wire_total_params / 1e6:.2f} M")
-    if report.paper_total_params != report.total_params:
-        lines.append(f"as the paper prints it: {report.paper_total_params / 1e6:.2f} M")
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)

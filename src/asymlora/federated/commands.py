@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .algorithms.decomposed import UPLOADS
 from .comm import COMM_METHODS, KNOWN_MODULES, comm_cost, format_table
 
 
@@ -36,6 +37,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="one rank for all clients, or one per client: 64,64,32,32,16,16,8,8")
     p.add_argument("--dm", type=int, default=None,
                    help="d_m of the decomposition; with it fedalora/fedsa run heterogeneous")
+    p.add_argument("--upload", choices=UPLOADS, default="factors",
+                   help="the decomposition's upload: factors (B1, B2, as in the paper), product (B2 B1, "
+                        "d x d_m), auto (the smaller, per client rank)")
     p.add_argument("--num-clients", type=int, default=None, help="clients sharing a single --ranks value")
     p.add_argument("--dtype-bytes", type=int, default=4, help="bytes per parameter sent (4 float32, 2 bf16)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
@@ -46,7 +50,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run_comm(args: argparse.Namespace) -> int:
     try:
         report = comm_cost(args.model, args.targets.split(","), args.method, args.ranks, dm=args.dm,
-                           num_clients=args.num_clients, dtype_bytes=args.dtype_bytes)
+                           num_clients=args.num_clients, dtype_bytes=args.dtype_bytes, upload=args.upload)
     except (ValueError, FileNotFoundError) as exc:
         print(f"asymlora comm: error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from ..train.config import TrainConfig
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
 from .aggregation import AggregationError, AggregationRule
+from .algorithms.decomposed import UPLOADS
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
 from .byzantine import Attack
 from .dp import DPSettings
@@ -50,6 +51,9 @@ class FederatedConfig:
     heterogeneous: Optional[bool] = field(
         default=None, metadata=_help("fedalora/fedsa: use the decomposed layer; default: when ranks differ"))
     d_m: int = field(default=16, metadata=_help("intermediate width of the decomposition"))
+    upload: str = field(
+        default="factors", metadata=_help("the decomposition's upload: factors (B1, B2 as in the paper), product "
+                                          "(B2 B1, d_out x d_m), auto (whichever is smaller for each client's rank)"))
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata=_help("adapted modules"))
     lora_alpha: Optional[float] = field(default=None, metadata=_help("default 2 x rank"))
     lora_dropout: float = field(default=0.05, metadata=_help("dropout on the adapter input"))
@@ -142,6 +146,11 @@ class FederatedConfig:
             raise ConfigError(f"client_timeout: must be > 0 seconds, got {self.client_timeout!r}")
         if self.client_init not in CLIENT_INITS:
             raise ConfigError(f"client_init: expected one of {', '.join(CLIENT_INITS)}, got {self.client_init!r}")
+        if self.upload not in UPLOADS:
+            raise ConfigError(f"upload: expected one of {', '.join(UPLOADS)}, got {self.upload!r}")
+        if self.upload != "factors" and not self.uses_decomposition:
+            raise ConfigError(f"upload: {self.upload} applies to the decomposition only (fedalora or fedsa with "
+                              "different ranks, or heterogeneous: true); this run sends its factors")
         if self.feddpa_weighting not in WEIGHTINGS:
             raise ConfigError(f"feddpa_weighting: expected one of {', '.join(WEIGHTINGS)}, got {self.feddpa_weighting!r}")
         if not 0.0 <= float(self.feddpa_similarity_scale) <= 1.0:
@@ -293,6 +302,8 @@ class FederatedConfig:
         if self.method == "feddpa":
             opts.update(weighting=self.feddpa_weighting, similarity_scale=self.feddpa_similarity_scale,
                         reference_size=self.feddpa_reference_size)
+        if self.uses_decomposition:
+            opts.update(upload=self.upload, rank=rank)
         return build_method(self.method, heterogeneous=self.is_heterogeneous, **opts)
 
     @property
@@ -304,7 +315,8 @@ class FederatedConfig:
         return Path(self.state_dir) if self.state_dir else Path(self.output_dir) / "clients"
 
     def fingerprint(self) -> str:
-        """What a checkpoint must agree with to be resumed (run-shaping fields only).
+        """What a checkpoint must agree with to be resumed (run-shaping fields only; `upload` is not
+        one: its forms give the same aggregate, so a run may switch between them and resume).
 
         `client_init` shapes the run, so it counts, except as `own`: runs from before the key
         existed drew their clients' adapters that way, and keep their fingerprints (and resume) once
@@ -399,7 +411,7 @@ _ADDED_LATER: dict[str, Any] = {"aggregation": "fedavg", "trim_fraction": 0.2, "
 def _fingerprint(values: Mapping[str, Any]) -> str:
     keep = {k: v for k, v in values.items()
             if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
-                         "rounds", "eval_every", "client_timeout", "node_keys")
+                         "rounds", "eval_every", "client_timeout", "node_keys", "upload")
             and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
     if keep["client_init"] == "own":
         del keep["client_init"]
@@ -436,7 +448,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "targets" and isinstance(value, str):
         return [t.strip() for t in value.split(",") if t.strip()]
     if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir",
-               "feddpa_weighting", "client_init", "aggregation") and value is not None \
+               "feddpa_weighting", "client_init", "aggregation", "upload") and value is not None \
             and not isinstance(value, str):
         raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
     return value

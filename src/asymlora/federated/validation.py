@@ -117,7 +117,7 @@ def validate_updates(method: FederatedMethod, updates: Sequence[ClientUpdate], *
         best = max(counts.values())
         expected = dict(next(p for p in patterns if counts[p] == best))
     for up in sound:
-        problems = compare_to_pattern(up.tensors, expected or {})
+        problems = compare_to_pattern(up.tensors, method.pattern_for(up.tensors, expected or {}))
         if problems:
             result.rejected.append(Rejection(up.client_id, "; ".join(problems)))
         else:

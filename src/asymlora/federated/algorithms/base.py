@@ -140,15 +140,27 @@ class FederatedMethod(ABC):
             out[key] = tuple(None if i in free else int(n) for i, n in enumerate(t.shape))
         return out
 
+    def upload_forms(self) -> tuple[tuple[str, ...], ...]:
+        """The sets of factors one module's upload may consist of (one, unless clients may send
+        alternatives, as the decomposition's product)."""
+        return (self.upload_roles,)
+
+    def describe_upload(self) -> str:
+        return "only " + "/".join(self.upload_roles)
+
+    def pattern_for(self, upload: Mapping[str, torch.Tensor], expected: Mapping[str, Shape]) -> dict[str, Shape]:
+        """The pattern `upload` must match: `expected`, in the form this upload takes."""
+        return dict(expected)
+
     def check_upload(self, upload: Mapping[str, torch.Tensor]) -> list[str]:
         """Problems with one upload taken alone: foreign keys, non-matrices, inconsistent ranks."""
         problems: list[str] = []
+        allowed = {role for form in self.upload_forms() for role in form}
         for key, t in upload.items():
             parts = parse_key(key) if isinstance(key, str) else None
-            if parts is None or parts.role not in self.upload_roles or (
+            if parts is None or parts.role not in allowed or (
                     self.adapter is not None and parts.adapter != self.adapter):
-                problems.append(f"unexpected key {key!r} ({self.name} uploads only "
-                                f"{'/'.join(self.upload_roles)}"
+                problems.append(f"unexpected key {key!r} ({self.name} uploads {self.describe_upload()}"
                                 + (f" of adapter {self.adapter!r})" if self.adapter else ")"))
                 continue
             if not isinstance(t, torch.Tensor):
@@ -163,10 +175,14 @@ class FederatedMethod(ABC):
             groups = group_by_module(upload)
         except KeyError as exc:
             return [str(exc.args[0])]
+        forms = [set(form) for form in self.upload_forms()]
         for module, roles in groups.items():
-            for role in self.upload_roles:
-                if role not in roles:
-                    problems.append(f"module {module!r} sends {'/'.join(sorted(roles))} without {role}")
+            if set(roles) not in forms:
+                sent = "/".join(sorted(roles))
+                part = next((form for form in forms if set(roles) < form), None)
+                problems.append(f"module {module!r} sends {sent} without {'/'.join(sorted(part - set(roles)))}"
+                                if part else f"module {module!r} sends {sent}, expected "
+                                + " or ".join("/".join(f) for f in self.upload_forms()))
             for ra, axa, rb, axb in self.rank_pairs:
                 if ra in roles and rb in roles:
                     na, nb = upload[roles[ra]].shape[axa], upload[roles[rb]].shape[axb]

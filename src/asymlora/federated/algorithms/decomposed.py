@@ -12,6 +12,13 @@ FedSA-LoRA* (A side), the same with every matrix transposed:
 
 Keys follow the decomposed layer: `<module>.declora_B1.<adapter>` and so on.
 
+Upload modes (`upload`, SPEC §2 leaves the form open): `factors` sends (B1, B2) as the paper does,
+(d_out + d_m) r_i per module; `product` sends B2 B1 itself, d_out d_m whatever the rank, spelt as
+the accumulator key (it is the increment to B0); `auto` sends, module by module, whichever is
+smaller for the client's rank (the product when they tie). The server averages B2 B1 either way,
+so the aggregate is the same to float rounding; with products it is a weighted sum of same-shape
+uploads, which secure aggregation and robust aggregators need.
+
 Each round after the first, the client re-draws B1 (A1) and zeroes B2 (A2): the product, and so
 dW, is unchanged across the round boundary. `client_apply` also zeroes B2 (A2) at once: the
 client's own B2 B1 is already inside the average it has just added to B0, and counting it
@@ -24,9 +31,16 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..keys import StateDict, describe_keys, group_by_module, select, with_role
-from .base import AdapterSpec, FederatedMethod, example_weights, kaiming_uniform, weighted_mean
+from ..keys import StateDict, describe_keys, group_by_module, parse_key, select, with_role
+from .base import AdapterSpec, FederatedMethod, Shape, example_weights, kaiming_uniform, weighted_mean
 from .payloads import RUNNING_TOTAL
+
+UPLOADS: tuple[str, ...] = ("factors", "product", "auto")
+
+
+def sends_product(upload: str, product_params: int, factor_params: int) -> bool:
+    """Whether a module is uploaded as its product under `upload` (auto: when no larger)."""
+    return upload == "product" or (upload == "auto" and product_params <= factor_params)
 
 
 class _Decomposed(FederatedMethod):
@@ -47,8 +61,79 @@ class _Decomposed(FederatedMethod):
             r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets),
             intermediate_dim=spec.d_m, shared_side=self.shared_side, init_seed=spec.seed))
 
+    def __init__(self, upload: str = "factors", rank: Optional[int] = None) -> None:
+        """`rank`: the client's, when the method is built for one client (lets `check_upload` hold
+        an auto-mode product to the rank); the server's method needs none."""
+        if upload not in UPLOADS:
+            raise ValueError(f"upload: expected one of {', '.join(UPLOADS)}, got {upload!r}")
+        self.upload, self.rank = upload, rank
+
     def shared_product(self, factors: Mapping[str, torch.Tensor], roles: Mapping[str, str]) -> torch.Tensor:
+        if self.accumulator in roles:
+            return factors[roles[self.accumulator]]
         return factors[roles[self.left]] @ factors[roles[self.right]]
+
+    # ---- the upload, in either form ------------------------------------------------------
+    def client_upload(self, state: Mapping[str, torch.Tensor]) -> StateDict:
+        factors = super().client_upload(state)
+        out: StateDict = {}
+        for roles in group_by_module(factors).values():
+            left, right = factors[roles[self.left]], factors[roles[self.right]]
+            if sends_product(self.upload, left.shape[0] * right.shape[1], left.numel() + right.numel()):
+                out[with_role(roles[self.left], self.accumulator)] = left @ right
+            else:
+                out[roles[self.left]], out[roles[self.right]] = left, right
+        return out
+
+    def upload_forms(self) -> tuple[tuple[str, ...], ...]:
+        forms = {"factors": ((self.left, self.right),), "product": ((self.accumulator,),)}
+        return forms.get(self.upload, forms["factors"] + forms["product"])
+
+    def describe_upload(self) -> str:
+        product = f"{self.accumulator}, the product {self.left} {self.right}"
+        what = {"factors": f"{self.left}/{self.right}", "product": product}.get(
+            self.upload, f"{self.left}/{self.right} or {product}")
+        return f"{what}, with upload: {self.upload}"
+
+    def check_upload(self, upload: Mapping[str, torch.Tensor]) -> list[str]:
+        """Also, under `auto`, that each module came in its smaller form (a product only when the
+        method knows the client's rank: a product carries none)."""
+        problems = super().check_upload(upload)
+        if problems or self.upload != "auto":
+            return problems
+        for module, roles in group_by_module(upload).items():
+            if self.accumulator in roles:
+                rows, cols = upload[roles[self.accumulator]].shape
+                if self.rank is not None and not sends_product("auto", rows * cols, (rows + cols) * self.rank):
+                    problems.append(f"module {module!r} sends the product {rows * cols} values but its factors at "
+                                    f"rank {self.rank} are {(rows + cols) * self.rank}: upload: auto sends the smaller")
+            else:
+                left, right = upload[roles[self.left]], upload[roles[self.right]]
+                rows, cols = left.shape[0], right.shape[1]
+                if sends_product("auto", rows * cols, left.numel() + right.numel()):
+                    problems.append(f"module {module!r} sends factors of rank {left.shape[1]} "
+                                    f"({left.numel() + right.numel()} values) where the product has {rows * cols}: "
+                                    "upload: auto sends the smaller")
+        return problems
+
+    def pattern_for(self, upload: Mapping[str, torch.Tensor], expected: Mapping[str, Shape]) -> dict[str, Shape]:
+        """`expected` with each module rewritten into the form `upload` sends it in: the product
+        (rows, cols) for the factors (rows, r), (r, cols), and back."""
+        sent = group_by_module({k: v for k, v in upload.items() if isinstance(k, str) and parse_key(k)})
+        out: dict[str, Shape] = {}
+        for module, roles in group_by_module(expected).items():
+            as_product = self.accumulator in sent.get(module, {}) or (module not in sent and self.upload == "product")
+            if self.accumulator in roles:
+                rows, cols = expected[roles[self.accumulator]]
+                key = roles[self.accumulator]
+            else:
+                rows, cols = expected[roles[self.left]][0], expected[roles[self.right]][1]
+                key = roles[self.left]
+            if as_product:
+                out[with_role(key, self.accumulator)] = (rows, cols)
+            else:
+                out[with_role(key, self.left)], out[with_role(key, self.right)] = (rows, None), (None, cols)
+        return out
 
     def aggregate(self, uploads: Sequence[Mapping[str, torch.Tensor]], num_examples: Sequence[int]) -> StateDict:
         weights = example_weights(num_examples, len(uploads))
@@ -57,14 +142,15 @@ class _Decomposed(FederatedMethod):
         for module, roles in groups[0].items():
             products = []
             for i, (up, g) in enumerate(zip(uploads, groups)):
-                if module not in g or set(g[module]) != {self.left, self.right}:
-                    raise ValueError(f"{self.name}: upload {i} lacks {self.left}/{self.right} of module {module!r}")
+                if module not in g or set(g[module]) not in ({self.left, self.right}, {self.accumulator}):
+                    raise ValueError(f"{self.name}: upload {i} lacks {self.left}/{self.right} (or their product "
+                                     f"{self.accumulator}) of module {module!r}")
                 products.append(self.shared_product(up, g[module]))
                 if products[-1].shape != products[0].shape:
                     raise ValueError(f"{self.name}: module {module!r}: upload {i}'s {self.left} {self.right} is "
                                      f"{tuple(products[-1].shape)}, upload 0's {tuple(products[0].shape)}; "
                                      "d_m and the layer shape must agree across clients")
-            out[with_role(roles[self.left], self.accumulator)] = weighted_mean(products, weights)
+            out[with_role(next(iter(roles.values())), self.accumulator)] = weighted_mean(products, weights)
         for i, g in enumerate(groups):
             if g.keys() != groups[0].keys():
                 raise ValueError(f"{self.name}: upload {i} covers other modules than upload 0: "
