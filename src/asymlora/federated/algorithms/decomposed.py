@@ -12,7 +12,7 @@ FedSA-LoRA* (A side), the same with every matrix transposed:
 
 Keys follow the decomposed layer: `<module>.declora_B1.<adapter>` and so on.
 
-Upload modes (`upload`, SPEC §2 leaves the form open): `factors` sends (B1, B2) as the paper does,
+Upload modes (`upload`, SPEC §2 "Beyond the paper"): `factors` sends (B1, B2) as the paper does,
 (d_out + d_m) r_i per module; `product` sends B2 B1 itself, d_out d_m whatever the rank, spelt as
 the accumulator key (it is the increment to B0); `auto` sends, module by module, whichever is
 smaller for the client's rank (the product when they tie). The server averages B2 B1 either way,
