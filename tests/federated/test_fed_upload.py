@@ -188,3 +188,49 @@ def test_runs_in_each_form_end_alike_and_measure_their_formula(tmp_path, model_d
                 # bit for bit here (the product is the same float32 matmul on the client or on the
                 # server); the contract is float rounding, as on a GPU client and a CPU server
                 torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- what products open up: other rules than the weighted mean ------------------------------------
+def test_only_products_can_go_to_another_aggregation_rule():
+    pytest.importorskip("flwr")
+    from asymlora.federated.aggregation import AggregationError, AggregationRule
+    from asymlora.federated.flower.robust import make_combine
+
+    _, prods = uploads_of(FedALoRAHet, "B", "product")
+    median = make_combine(AggregationRule("median"))
+    out = FedALoRAHet(upload="product").aggregate_with(median, prods, [1, 1, 1])
+    for k in out:   # three clients: the element-wise middle value of their products
+        torch.testing.assert_close(out[k], torch.stack([u[k] for u in prods]).median(0).values)
+    mean = FedALoRAHet(upload="product").aggregate_with(make_combine(AggregationRule("fedavg")), prods, [3, 5, 7])
+    ref = FedALoRAHet(upload="product").aggregate(prods, [3, 5, 7])
+    for k in ref:
+        torch.testing.assert_close(mean[k], ref[k])
+    for upload in ("factors", "auto"):
+        with pytest.raises(AggregationError, match=f"upload: {upload} sends factors; set upload: product"):
+            FedALoRAHet(upload=upload).aggregate_with(median, prods, [1, 1, 1])
+
+
+def test_a_median_run_needs_and_takes_products(tmp_path, model_dir):
+    pytest.importorskip("flwr")
+    from asymlora.federated.client import FederatedClient
+    from asymlora.federated.engine import LocalEngine
+    from asymlora.federated.session import ServerState
+
+    from .runtime_helpers import tiny_config
+
+    with pytest.raises(ConfigError, match="aggregation median cannot apply to fedalora: .* set upload: product"):
+        tiny_config(tmp_path, model_dir, "fedalora", [4, 2, 1], aggregation="median")
+    sent = {}
+
+    class Recording(FederatedClient):
+        def fit(self, server_round):
+            fit = super().fit(server_round)
+            sent[self.client_id] = fit.upload
+            return fit
+
+    cfg = tiny_config(tmp_path, model_dir, "fedalora", [4, 2, 1], aggregation="median", upload="product", rounds=1)
+    LocalEngine(cfg, client_factory=Recording).run()
+    total = ServerState.load(cfg.output_dir + "/server", cfg).latest
+    assert set(total) == set(sent[0]) == set(sent[2]) and roles(total) == {"declora_B0"}
+    for k in total:
+        torch.testing.assert_close(total[k], torch.stack([sent[c][k] for c in range(3)]).median(0).values)

@@ -85,6 +85,13 @@ class _Decomposed(FederatedMethod):
                 out[roles[self.left]], out[roles[self.right]] = left, right
         return out
 
+    def combinable(self) -> str:
+        """Products are same-shape uploads whose weighted mean is the broadcast; factors are not."""
+        if self.upload == "product":
+            return ""
+        return (f"it averages the products {self.left} {self.right} of the factors it receives, and upload: "
+                f"{self.upload} sends factors; set upload: product to send that product")
+
     def upload_forms(self) -> tuple[tuple[str, ...], ...]:
         forms = {"factors": ((self.left, self.right),), "product": ((self.accumulator,),)}
         return forms.get(self.upload, forms["factors"] + forms["product"])
