@@ -69,3 +69,19 @@ def tiny_config(root: Path, model_dir: Path, method: str, ranks: list[int], *,
     )
     values.update(overrides)
     return FederatedConfig(**values)
+
+
+def run_recording(cfg: FederatedConfig) -> tuple[dict[int, Any], dict[str, Any]]:
+    """Run `cfg` with the in-process engine: (each client's last upload, the run's summary)."""
+    from asymlora.federated.client import FederatedClient
+    from asymlora.federated.engine import LocalEngine
+
+    sent: dict[int, Any] = {}
+
+    class Recording(FederatedClient):
+        def fit(self, server_round):
+            fit = super().fit(server_round)
+            sent[self.client_id] = fit.upload
+            return fit
+
+    return sent, LocalEngine(cfg, client_factory=Recording).run()

@@ -212,24 +212,14 @@ def test_only_products_can_go_to_another_aggregation_rule():
 
 def test_a_median_run_needs_and_takes_products(tmp_path, model_dir):
     pytest.importorskip("flwr")
-    from asymlora.federated.client import FederatedClient
-    from asymlora.federated.engine import LocalEngine
     from asymlora.federated.session import ServerState
 
-    from .runtime_helpers import tiny_config
+    from .runtime_helpers import run_recording, tiny_config
 
     with pytest.raises(ConfigError, match="aggregation median cannot apply to fedalora: .* set upload: product"):
         tiny_config(tmp_path, model_dir, "fedalora", [4, 2, 1], aggregation="median")
-    sent = {}
-
-    class Recording(FederatedClient):
-        def fit(self, server_round):
-            fit = super().fit(server_round)
-            sent[self.client_id] = fit.upload
-            return fit
-
     cfg = tiny_config(tmp_path, model_dir, "fedalora", [4, 2, 1], aggregation="median", upload="product", rounds=1)
-    LocalEngine(cfg, client_factory=Recording).run()
+    sent, _ = run_recording(cfg)
     total = ServerState.load(cfg.output_dir + "/server", cfg).latest
     assert set(total) == set(sent[0]) == set(sent[2]) and roles(total) == {"declora_B0"}
     for k in total:

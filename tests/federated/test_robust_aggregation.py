@@ -103,23 +103,13 @@ def test_bad_rules(rule, message):
 
 # ---- in a run ---------------------------------------------------------------------------------------
 def run_attacked(tmp_path, model_dir, aggregation, **kw):
-    from asymlora.federated.client import FederatedClient
-    from asymlora.federated.engine import LocalEngine
     from asymlora.federated.session import ServerState
 
-    from .runtime_helpers import tiny_config
-
-    sent = {}
-
-    class Recording(FederatedClient):
-        def fit(self, server_round):
-            fit = super().fit(server_round)
-            sent[self.client_id] = fit.upload
-            return fit
+    from .runtime_helpers import run_recording, tiny_config
 
     cfg = tiny_config(tmp_path / aggregation, model_dir, "fedalora", [2, 2, 2, 2, 2], rounds=1, aggregation=aggregation,
                       byzantine={"clients": [4], "kind": "scale", "factor": 100.0}, **kw)
-    summary = LocalEngine(cfg, client_factory=Recording).run()
+    sent, summary = run_recording(cfg)
     assert summary["aggregation"] == ("fedavg, " if aggregation == "fedavg" else f"{aggregation}; ") \
         + "simulated attack: clients 4 send scale uploads (factor 100)"
     return sent, ServerState.load(cfg.output_dir + "/server", cfg).latest
