@@ -71,16 +71,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_step(model, optimizer, ids, device: str) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed_step(model, optimizer, ids, device: str, clock=time.perf_counter) -> float:
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     if optimizer is not None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     sync(device)
-    return (time.perf_counter() - start) * 1000
+    return (clock() - start) * 1000
 
 
 def row(variant: str, batch: int, seq: int, times: list[float], peak, steps: int) -> dict:
@@ -105,7 +108,8 @@ def measure(variant: str, shape: dict, batch: int, seq: int, device: str, dtype:
 
 
 def measure_interleaved(variants: list[str], shape: dict, batch: int, seq: int, device: str,
-                        dtype: torch.dtype, targets: list[str], steps: int, warmup: int) -> list[dict]:
+                        dtype: torch.dtype, targets: list[str], steps: int, warmup: int,
+                        clock=time.perf_counter) -> list[dict]:
     """All variants built side by side and stepped in turn (A B C D A B C D ...): on a shared CPU,
     a change in background load then hits every variant alike, and the ratios stay fair."""
     built = {}
@@ -117,7 +121,7 @@ def measure_interleaved(variants: list[str], shape: dict, batch: int, seq: int, 
     times: dict[str, list[float]] = {v: [] for v in variants}
     for i in tqdm(range(warmup + steps), desc=f"{batch}x{seq} interleaved", file=sys.stderr):
         for v in variants:
-            t = timed_step(*built[v], ids, device)
+            t = timed_step(*built[v], ids, device, clock)
             if i >= warmup:
                 times[v].append(t)
     return [row(v, batch, seq, times[v], None, steps) for v in variants]
@@ -167,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="floor,peft_lora,alora,hydralora")
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="on the CPU: wall time, or this process's CPU time (steadier on a shared machine)")
     parser.add_argument("--sequential", action="store_true",
                         help="on the CPU, time variants one after another instead of interleaved")
     args = parser.parse_args(argv)
@@ -189,12 +195,13 @@ def main(argv=None) -> int:
                 rows.append(measure(variant, shape, batch, seq, args.device, dtype, targets, steps, args.warmup))
         else:
             rows.extend(measure_interleaved(variants, shape, batch, seq, args.device, dtype, targets, steps,
-                                            args.warmup))
+                                            args.warmup, CLOCKS[args.clock]))
     add_ratios(rows)
     meta = {"device": device_name(args.device), "shape": shape, "dtype": str(dtype).replace("torch.", ""),
             "targets": targets, "steps": steps, "warmup": args.warmup, "torch": torch.__version__,
             "peft": peft.__version__,
-            "timing": "sequential" if cuda or args.sequential else "interleaved (variants stepped in turn)"}
+            "timing": ("sequential" if cuda or args.sequential else "interleaved (variants stepped in turn)")
+            + ("" if cuda or args.clock == "wall" else ", process CPU time")}
     tag = "cuda" if cuda else "cpu"
     out = Path(args.out) if args.out else RESULTS / f"step_time-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

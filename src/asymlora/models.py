@@ -78,6 +78,11 @@ def resolve(name_or_path: str) -> str:
 QUANTIZATIONS = ("nf4", "fp4", "int8")
 
 
+class MissingDependencyError(ImportError, ValueError):
+    """An optional package a setting needs is not installed (a ValueError too: the CLI reports it in
+    one line, as any other bad setting)."""
+
+
 def bnb_config(quantization: str, compute_dtype: torch.dtype = torch.float32):
     """Transformers' BitsAndBytesConfig for a 4-bit (nf4, fp4) or 8-bit (int8) base, QLoRA style.
     `compute_dtype` is the dtype a 4-bit layer dequantises to for its matmul."""
@@ -86,7 +91,7 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype = torch.float32):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ImportError(f"a quantised ({quantization}) base needs bitsandbytes: "
+        raise MissingDependencyError(f"a quantised ({quantization}) base needs bitsandbytes: "
                           "pip install 'asymlora[quantization]'") from None
     from transformers import BitsAndBytesConfig
 

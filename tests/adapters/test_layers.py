@@ -276,3 +276,30 @@ def test_trainable_parameter_counts_match_the_formulas(tiny):
     assert counts["alora"] == layers * (n * r * d + d * r + n * d)
     assert counts["hydra"] == layers * (r * d + n * d * r + n * d)
     assert counts["mos"] == layers * (r * d + r * r + d * r)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(ALoRALinear, ALoRAConfig), (HydraLoRALinear, HydraLoRAConfig)])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_forward_copies_no_weight(cls, config_cls, training):
+    """No per-call copy of a weight (torch.cat([A, W_g]), B.repeat): with two tokens, no op makes a
+    new tensor as large as the smallest adapter weight (views, e.g. F.linear's transpose, are free)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    layer = make_layer(cls, config_cls(r=4, num_experts=3, lora_dropout=0.1), d_in=64, d_out=48).train(training)
+    x = torch.randn(2, 64)
+    seen = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func.is_view:
+                seen.append((str(func), out.numel() if isinstance(out, torch.Tensor) else 0))
+            return out
+
+    with Ops():
+        layer(x)
+    names = {name for name, _ in seen}
+    assert not any(op in name for name in names for op in ("cat", "repeat", "clone"))
+    smallest_weight = min(p.numel() for n, p in layer.named_parameters() if n.startswith(layer.prefix))
+    assert x.shape[0] * max(layer.in_features, layer.out_features) < smallest_weight
+    assert [(name, n) for name, n in seen if n >= smallest_weight] == []

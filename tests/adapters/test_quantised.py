@@ -164,6 +164,7 @@ def test_bad_quantisation_names_the_choices(model_dir):
 
 def test_cli_trains_on_a_4bit_and_an_8bit_base(tmp_path, model_dir, capsys):
     from asymlora.cli import main
+    from asymlora.train.trainer import load_trained
     from tests.train.test_compare import _write_tasks
 
     _write_tasks(tmp_path)
@@ -177,6 +178,9 @@ def test_cli_trains_on_a_4bit_and_an_8bit_base(tmp_path, model_dir, capsys):
         training = run["training"]
         assert (training["bnb_4bit_quant_type"], training["load_in_4bit"], training["load_in_8bit"]) == expected
         assert (out / "adapter" / "adapter_model.safetensors").is_file()
+        model, _, _ = load_trained(out)  # evaluate and export see the base it was trained on
+        bits = {quantised_bits(layer.get_base_layer()) for _, layer in iter_adapter_layers(model)}
+        assert bits == {4 if "--load-in-4bit" in flags else 8}
     capsys.readouterr()
     for flags, message in ((["--load-in-4bit", "--load-in-8bit"], "load_in_4bit and load_in_8bit exclude each other"),
                            (["--bnb-4bit-quant-type", "fp4"], "bnb_4bit_quant_type applies only with load_in_4bit"),
@@ -187,3 +191,11 @@ def test_cli_trains_on_a_4bit_and_an_8bit_base(tmp_path, model_dir, capsys):
         errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(errors) == 1 and message in errors[0], errors
         assert not out.exists()
+
+
+def test_a_missing_bitsandbytes_is_named(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"needs bitsandbytes: pip install 'asymlora\[quantization\]'"):
+        load_model("any-model", quantization="nf4")

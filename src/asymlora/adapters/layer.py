@@ -363,13 +363,16 @@ class RoutedLayer(AdapterLayer):
         r, n = self.r[adapter_name], self.num_experts[adapter_name]
         x = self._cast_input_dtype(x, A.dtype)
         h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., n_A r): every A expert in one GEMM
+        s = self.scaling[adapter_name]  # applied to the gates (or h): n (or r) columns, not d_out
         if n > 1:
-            w = self.gate(x, adapter_name).to(h.dtype).unsqueeze(-1)  # (..., n, 1)
+            w = self.gate(x, adapter_name).to(h.dtype).unsqueeze(-1) * s  # (..., n, 1)
             if self.routed_side == "A":  # ALoRA: sum_i w_i A_i x, then the one shared B (r columns)
                 h = (h.unflatten(-1, (n, r)) * w).sum(-2)
             else:  # HydraLoRA: the one A x weighted per head; the (d_out, n r) stack of B's sums the heads
                 h = (h.unsqueeze(-2) * w).flatten(-2)
-        return F.linear(h, B) * self.scaling[adapter_name]
+        else:
+            h = h * s
+        return F.linear(h, B)
 
     def lora_factors(self, adapter_name: str, gate: Optional[Any] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ALoRA: A_eff = sum_i w_i A_i with the shared B; HydraLoRA: B_eff = sum_i w_i B_i with the shared A."""

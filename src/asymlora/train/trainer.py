@@ -472,7 +472,7 @@ def train(
 def load_trained(adapter_dir: Union[str, Path], base_model: Any = None, tokenizer: Any = None) -> tuple[Any, Any, dict]:
     """(PeftModel, tokenizer, run record) from a directory written by `train` (its `adapter/`
     folder or the run folder). The base model is loaded by the name recorded in run.json unless
-    given; weights are read from safetensors only."""
+    given, quantised as it was in training; weights are read from safetensors only."""
     from ..adapters.registry import load_adapter
     from ..models import load_model
 
@@ -492,7 +492,10 @@ def load_trained(adapter_dir: Union[str, Path], base_model: Any = None, tokenize
             name = cfg.get("base_model_name_or_path")
         if not name:
             raise ValueError(f"{path}: no base model recorded; pass the base model explicitly")
-        base_model, loaded_tok = load_model(name, device="cuda" if torch.cuda.is_available() else None)
+        quant_keys = ("precision", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
+        recorded = TrainConfig.from_dict({k: v for k, v in run.get("training", {}).items() if k in quant_keys})
+        base_model, loaded_tok = load_model(name, device="cuda" if torch.cuda.is_available() else None,
+                                            **_quantised_loading(recorded))  # the base it was trained on
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:
         raise ValueError("a tokenizer is needed when the base model is given as an object")
