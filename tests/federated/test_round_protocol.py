@@ -228,3 +228,28 @@ def test_node_keys_are_checked_before_anything_loads(tmp_path):
         FederatedConfig(**base, node_keys={0: str(tmp_path / "bad.pub")})
     with pytest.raises(ConfigError, match=r"node_keys: client 1: public key file not found: 'nope.pub'"):
         FederatedConfig(**base, node_keys={1: "nope.pub"})
+
+
+def test_a_client_that_sat_a_round_out_keeps_the_private_a_it_trained(tmp_path, model_dir):
+    """Fed-ALoRA, half the clients per round, evaluation only at the end: a client trained in round 1
+    and not in round 2 gets round 2's broadcast with the evaluation; it must build on its accepted
+    round-1 training (its own A), not on the state before it."""
+    cfg = tiny_config(tmp_path, model_dir, "fedalora", [2, 2, 2, 2], rounds=2, eval_every=2, fraction=0.5)
+    r1, r2 = (set(sample_clients(range(4), 0.5, 1, cfg.seed, t)) for t in (1, 2))
+    sat_out = sorted(r1 - r2)
+    assert sat_out, "the seed samples every round-1 client again; pick another"
+    trained = {}
+
+    class Keeps(FederatedClient):
+        def fit(self, server_round):
+            fit = super().fit(server_round)
+            trained[(self.client_id, server_round)] = dict(self._trained.state)
+            return fit
+
+    LocalEngine(cfg, client_factory=Keeps).run()
+    c = sat_out[0]
+    final = FederatedClient(cfg, c).state
+    a_keys = [k for k in final if ".lora_A." in k]
+    assert a_keys
+    for k in a_keys:
+        assert torch.equal(final[k], trained[(c, 1)][k])

@@ -398,7 +398,8 @@ class FederatedClient:
         self._applied = self.store.load("applied")
         if self._applied is None:
             self._applied = self._initial_snapshot()
-            self.store.save("initial", Snapshot(self._applied.state, {}, {"round": 0, "kind": "initial"}))
+            if cfg.dp_settings is not None:   # DP's clients add the server's total to their initial factors
+                self.store.save("initial", Snapshot(self._applied.state, {}, {"round": 0, "kind": "initial"}))
             self.store.save("applied", self._applied)
         self._trained = self.store.load("trained")
 
@@ -462,21 +463,22 @@ class FederatedClient:
 
     # ---- protocol ----------------------------------------------------------------------
     def receive(self, payload: Mapping[str, torch.Tensor], payload_round: int, *, base_round: int = 0,
-                accepted: Optional[bool] = None, reason: str = "") -> bool:
+                trained_round: Optional[int] = None, accepted: Optional[bool] = None, reason: str = "") -> bool:
         """Take in the server's payload, which brings the client to round `payload_round` from round
         `base_round` (what the server believes the client holds). A payload already taken in is
-        ignored. `accepted` says whether the server aggregated this client's update of
-        `payload_round` (None: it did not take part): only an accepted update is built on; a rejected
-        one is dropped and the client goes on from its last accepted state. Returns whether the
-        state changed."""
+        ignored. `accepted` says whether the server aggregated this client's update of `trained_round`
+        (default: `payload_round`; None: it did not train since `base_round`): only an accepted
+        update is built on; a rejected one is dropped and the client goes on from its last accepted
+        state. Returns whether the state changed."""
         if self.applied_round < base_round:
             raise StaleStateError(self.client_id, self.applied_round, base_round)
         if payload_round <= self.applied_round:
             return False
-        trained = self._trained if self._trained is not None and self._trained.round == payload_round else None
+        trained_round = payload_round if trained_round is None else trained_round
+        trained = self._trained if self._trained is not None and self._trained.round == trained_round else None
         if trained is not None and accepted is False:
             log.warning("client %d: the server rejected its round %d update (%s); continuing from round %d's state",
-                        self.client_id, payload_round, reason or "no reason given", self.applied_round)
+                        self.client_id, trained_round, reason or "no reason given", self.applied_round)
             trained = None
         start = trained or self._applied
         state, deltas = self.payload().take(self.method, dict(start.state), dict(self._applied.base_deltas),

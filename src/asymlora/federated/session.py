@@ -122,16 +122,18 @@ class ServerState:
         have = self.applied.get(int(client), 0)
         return self.payload.send(self.kept, have), self.payload_round, have
 
-    def verdict(self, client: int, server_round: int) -> tuple[Optional[bool], str]:
-        """Whether `client`'s update of `server_round` was aggregated (None: it did not take part),
-        and the reason when it was not."""
-        record = next((h for h in self.history if h.get("round") == server_round), None)
-        if record is None or int(client) not in record.get("participants", []):
-            return None, ""
+    def verdict(self, client: int, have: int, upto: int) -> tuple[int, Optional[bool], str]:
+        """For the last round in (have, upto] that `client` trained in -- the trained state it may
+        still hold -- (that round, whether its update was aggregated, the reason when not); (0, None,
+        "") when it trained in none of them."""
+        record = next((h for h in reversed(self.history)
+                       if have < h.get("round", 0) <= upto and int(client) in h.get("participants", [])), None)
+        if record is None:
+            return 0, None, ""
         if int(client) in record.get("accepted", []):
-            return True, ""
+            return int(record["round"]), True, ""
         reasons = [r["reason"] for r in record.get("rejected", []) if r.get("client") == int(client)]
-        return False, "; ".join(reasons) or (record.get("failed") or "not aggregated")
+        return int(record["round"]), False, "; ".join(reasons) or (record.get("failed") or "not aggregated")
 
     def holds(self, client: int, applied_round: int) -> None:
         """What the client said it holds; a smaller number than before means it lost its state."""

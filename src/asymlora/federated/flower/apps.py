@@ -26,7 +26,7 @@ from ..client import FederatedClient, StaleStateError, process_base
 from ..config import FederatedConfig
 from .records import (
     ACCEPTED, APPLIED_ROUND, ARRAYS, BASE_ROUND, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, PAYLOAD_ROUND, RANK,
-    REASON, SCORE, SERVER_ROUND, STALE, TASK_SCORE, WRITE_PREDICTIONS, from_record, to_record,
+    REASON, SCORE, SERVER_ROUND, STALE, TASK_SCORE, TRAINED_ROUND, WRITE_PREDICTIONS, from_record, to_record,
 )
 from .strategy import make_strategy
 
@@ -88,7 +88,8 @@ def _take_payload(client: FederatedClient, msg: Message) -> int:
     payload = from_record(msg.content[ARRAYS]) if ARRAYS in msg.content.array_records else {}
     accepted = int(config.get(ACCEPTED, -1))
     client.receive(payload, int(config[PAYLOAD_ROUND]), base_round=int(config.get(BASE_ROUND, 0)),
-                   accepted=None if accepted < 0 else bool(accepted), reason=str(config.get(REASON, "")))
+                   trained_round=int(config.get(TRAINED_ROUND, 0)), accepted=None if accepted < 0 else bool(accepted),
+                   reason=str(config.get(REASON, "")))
     return int(config[SERVER_ROUND])
 
 

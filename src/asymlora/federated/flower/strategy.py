@@ -41,8 +41,8 @@ from ..session import CHECKPOINT, ServerState, close_round, partition_sizes, sam
 from ..validation import ClientUpdate, Rejection
 from .records import (
     ACCEPTED, APPLIED_ROUND, ARRAYS, BASE_ROUND, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, PAYLOAD_ROUND, RANK,
-    REASON, SCORE, SERVER_ROUND, STALE, TASK_SCORE, WRITE_PREDICTIONS, WireError, from_record, payload_rounds,
-    record_bytes, record_numel, to_record,
+    REASON, SCORE, SERVER_ROUND, STALE, TASK_SCORE, TRAINED_ROUND, WRITE_PREDICTIONS, WireError, from_record,
+    payload_rounds, record_bytes, record_numel, to_record,
 )
 
 log = logging.getLogger("asymlora.federated")
@@ -132,9 +132,10 @@ class FederatedStrategy(Strategy):
         if pid is None and self.state.payload_round:
             raise KeyError(f"node {node} has not said which client it plays")
         tensors, payload_round, have = self.state.payload_for(pid) if pid is not None else ({}, 0, 0)
-        accepted, reason = self.state.verdict(pid, payload_round) if pid is not None else (None, "")
+        trained, accepted, reason = self.state.verdict(pid, have, payload_round) if pid is not None else (0, None, "")
         config = ConfigRecord({SERVER_ROUND: server_round, PAYLOAD_ROUND: payload_round, BASE_ROUND: have,
-                               ACCEPTED: -1 if accepted is None else int(accepted), REASON: reason, **(extra or {})})
+                               TRAINED_ROUND: trained, ACCEPTED: -1 if accepted is None else int(accepted),
+                               REASON: reason, **(extra or {})})
         if self.dp is not None and kind == MessageType.TRAIN:
             from .dp import CLIP_NORM, NOISE_SEED
 
