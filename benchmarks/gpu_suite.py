@@ -116,7 +116,8 @@ def dry_sizes(args: argparse.Namespace) -> Sizes:
                    "max_train_examples": 2, "max_eval_examples": 1, "eval_batch_size": 8, "eval_every": 1,
                    "max_new_tokens": 4, "batch_size": 2, "grad_accum": 1, "device": "cpu",
                    "progress": False, "feddpa_reference_size": 2},
-        cross_task_records=args.cross_task_records or 1, fed_slice=args.fed_slice or 0, tag="dryrun",
+        # no slices: in a dry run every step must run to its end, however loaded the machine
+        cross_task_records=args.cross_task_records or 1, fed_slice=args.fed_slice or 10 ** 6, tag="dryrun",
         table3_tasks=["sentiment", "text_formatting"])  # the two with the shortest records
 
 
@@ -256,11 +257,11 @@ class Suite:
             try:
                 code = proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGTERM)
+                kill_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_group(proc, signal.SIGKILL)
                     proc.wait()
                 self.say(f"{label}: stopped at its deadline after {time.time() - t0:.0f} s")
                 return "timeout"
@@ -285,6 +286,13 @@ class Suite:
         tmp = self.work / "summary.md"
         tmp.write_text(summary_markdown(self.summary), encoding="utf-8")
         shutil.move(str(tmp), self.out / "summary.md")
+
+
+def kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # it ended on its own meanwhile
+        pass
 
 
 def python() -> str:
