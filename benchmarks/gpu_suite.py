@@ -79,6 +79,7 @@ class Sizes:
     fed_slice: float  # seconds each federated step may take at least (if the part has them)
     tag: str  # results-<tag> folders of the experiments
     table3_tasks: Optional[list[str]] = None  # a subset of Table 3's eight tasks (None: all)
+    fed_clients: Optional[int] = None  # fewer clients than the configs' eight (None: all)
 
 
 def real_sizes(args: argparse.Namespace) -> Sizes:
@@ -118,7 +119,8 @@ def dry_sizes(args: argparse.Namespace) -> Sizes:
                    "progress": False, "feddpa_reference_size": 2},
         # no slices: in a dry run every step must run to its end, however loaded the machine
         cross_task_records=args.cross_task_records or 1, fed_slice=args.fed_slice or 10 ** 6, tag="dryrun",
-        table3_tasks=["sentiment", "text_formatting"])  # the two with the shortest records
+        table3_tasks=["sentiment", "text_formatting"],  # the two with the shortest records
+        fed_clients=2)  # heterogeneous runs keep their largest and smallest rank
 
 
 # ---- configs ---------------------------------------------------------------------------------
@@ -130,6 +132,13 @@ def set_key(config: dict[str, Any], key: str, value: Any) -> None:
         return
     holders = [v for v in config.values() if isinstance(v, dict) and key in v]
     (holders[0] if len(holders) == 1 else config)[key] = value
+
+
+def find_key(config: dict[str, Any], key: str) -> Any:
+    """The value of `key` at the top of the config or in one of its sections; None if absent."""
+    if key in config:
+        return config[key]
+    return next((v[key] for v in config.values() if isinstance(v, dict) and key in v), None)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -160,6 +169,13 @@ def federated_config(sizes: Sizes, data: Path, work: Path, run: str) -> dict[str
     set_key(cfg, "output_dir", str(work / "runs" / "federated" / run))
     for key, value in sizes.federated.items():
         set_key(cfg, key, value)
+    if sizes.fed_clients is not None:
+        ranks = find_key(cfg, "ranks")
+        if isinstance(ranks, list) and len(ranks) > 1:
+            set_key(cfg, "ranks", [max(ranks), min(ranks)][:sizes.fed_clients])
+        else:
+            set_key(cfg, "num_clients", sizes.fed_clients)
+        set_key(cfg, "min_clients", min(find_key(cfg, "min_clients") or 1, sizes.fed_clients))
     return cfg
 
 
@@ -253,18 +269,17 @@ class Suite:
         self.say(f"{label}: {' '.join(cmd)} (at most {left:.0f} s)")
         t0 = time.time()
         with open(self.out / "suite.log", "a", encoding="utf-8") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # its own process group (not session), so that a deadline, or the end of this script, takes
+            # its workers (compile, data loaders) with it
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
             try:
                 code = proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
-                kill_group(proc, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    kill_group(proc, signal.SIGKILL)
-                    proc.wait()
+                stop(proc)
                 self.say(f"{label}: stopped at its deadline after {time.time() - t0:.0f} s")
                 return "timeout"
+            finally:
+                stop(proc)  # this script itself was stopped (SIGTERM, Ctrl-C): no orphan keeps the GPU
         status = "ok" if code == 0 else f"failed (exit {code})"
         self.say(f"{label}: {status} in {time.time() - t0:.0f} s")
         return status
@@ -288,11 +303,19 @@ class Suite:
         shutil.move(str(tmp), self.out / "summary.md")
 
 
-def kill_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:  # it ended on its own meanwhile
-        pass
+def stop(proc: subprocess.Popen) -> None:
+    """End `proc` and its process group, gently first; nothing if it has ended."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def python() -> str:
@@ -542,6 +565,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "30")  # progress bars, but a short log
     os.environ.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                       FLWR_TELEMETRY_ENABLED="0")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the running command is stopped too
     suite = Suite(sizes, work, out, data, args.dry_run)
     device, versions = device_info(args.dry_run)
     suite.summary = {"device": device, "dry_run": args.dry_run, "versions": versions, "budget_s": sizes.budget,

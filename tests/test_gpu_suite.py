@@ -50,8 +50,10 @@ def test_dry_run_configs_load(tmp_path):
     sizes = gpu_suite.dry_sizes(NO_FLAGS)
     configs = gpu_suite.write_configs(sizes, tmp_path, tmp_path, ["fedalora-het", "feddpa-hom"])
     het = FederatedConfig.from_yaml(configs["fedalora-het"])
-    assert (het.rounds, het.max_local_steps, het.device) == (1, 1, "cpu")
-    assert het.client_ranks == [64, 64, 32, 32, 16, 16, 8, 8]
+    assert (het.rounds, het.max_local_steps, het.device, het.min_clients) == (1, 1, "cpu", 2)
+    assert het.client_ranks == [64, 8] and het.is_heterogeneous  # the largest and the smallest rank
+    hom = FederatedConfig.from_yaml(configs["feddpa-hom"])
+    assert (hom.client_ranks, hom.min_clients) == ([8, 8], 2)
     t3 = load_compare_config(configs["table3-3"])
     assert t3.train_config.max_steps == 1 and [t.name for t in t3.task_specs] == ["sentiment", "text_formatting"]
 

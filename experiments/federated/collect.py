@@ -50,6 +50,16 @@ def fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def per_client(clients: dict, key: str) -> list:
+    """The eight clients' `key`, None for a client missing (a run stopped early, a client that failed)."""
+    return [clients.get(str(i), {}).get(key) for i in range(8)]
+
+
+def mean(values: list):
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def row(name, cells) -> str:
     return "| " + " | ".join([name, *cells]) + " |"
 
@@ -66,14 +76,14 @@ def own_task_table(setting: str, paper: dict) -> list[str]:
             lines.append(row(label, ["not run"] + [""] * 11))
             continue
         s = json.loads(path.read_text())["summary"]
-        scores = [s["clients"][str(i)]["score"] for i in range(8)]
+        scores = per_client(s["clients"], "score")
         lines.append(row(label, [fmt(x) for x in scores] + [fmt(s["avg"]), fmt(s["params_m_measured"]),
                                                              fmt(s["params_m_formula"]),
                                                              str(s["rounds_completed"])]))
         for extra, file in RESCORED.get(name, []):
             if (RESULTS / name / file).exists():
                 r = json.loads((RESULTS / name / file).read_text())
-                scores = [r["clients"][str(i)]["score"] for i in range(8)]
+                scores = per_client(r["clients"], "score")
                 lines.append(row(extra, [fmt(x) for x in scores] + [fmt(r["avg"]), "-", "-", "-"]))
     lines += ["", "The paper (LLaMA-2-7B):", "", row("Method", SHORT + ["Avg.", "Params.(M)"]), "|" + "---|" * 11]
     for name, vals in paper.items():
@@ -118,8 +128,8 @@ def cross_task_table() -> list[str]:
             path = RESULTS / name / "cross_task.json"
             if path.exists():
                 c = json.loads(path.read_text())["clients"]
-                vals = [c[str(i)]["avg_all_tasks"] for i in range(8)]
-                lines.append(row(setting, [f"ours: {label}"] + [fmt(v) for v in vals] + [fmt(sum(vals) / 8)]))
+                vals = per_client(c, "avg_all_tasks")
+                lines.append(row(setting, [f"ours: {label}"] + [fmt(v) for v in vals] + [fmt(mean(vals))]))
             else:
                 lines.append(row(setting, [f"ours: {label}", "not run"] + [""] * 8))
             lines.append(row(setting, [f"paper: {label}"] + [fmt(v) for v in PAPER_T1[(setting, label)]]))
