@@ -29,7 +29,6 @@ files at their repository paths (untar in the repository root, then commit).
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.metadata
 import json
 import os
@@ -201,9 +200,10 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name.strip().lower())
 
 
-def read_list(path: Path) -> list[str]:
-    return [line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.split("#")[0].strip()]
+def read_list(path: Path, marker: Optional[str] = None) -> list[str]:
+    """The entries of a list file (comments after #), or only those whose comment holds `marker`."""
+    lines = [line.partition("#") for line in path.read_text(encoding="utf-8").splitlines()]
+    return [entry.strip() for entry, _, comment in lines if entry.strip() and (marker is None or marker in comment)]
 
 
 def requirement_names(reqs: list[str]) -> list[str]:
@@ -218,12 +218,13 @@ def wheel_check(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
 
     device = {norm(n) for n in read_list(DEVICE_PACKAGES)}
     wheels = {norm(w.split("==")[0]): w for w in read_list(WHEELS)}
+    pinned = read_list(WHEELS, "[pinned]")
     deps = requirement_names(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
     problems = [f"asymlora needs {d}: neither on the GPU machine nor in {WHEELS.name}"
                 for d in deps if d not in device and d not in wheels and d not in NOT_IMPORTED]
     for name, pin in wheels.items():
-        if name in device:
-            problems.append(f"{pin}: already on the GPU machine; carry it only for another version")
+        if name in device and pin not in pinned:
+            problems.append(f"{pin}: already on the GPU machine; carry it only to pin a version ([pinned])")
         try:
             needs = requirement_names(importlib.metadata.requires(name) or [])
         except importlib.metadata.PackageNotFoundError:
@@ -283,6 +284,15 @@ class Suite:
         status = "ok" if code == 0 else f"failed (exit {code})"
         self.say(f"{label}: {status} in {time.time() - t0:.0f} s")
         return status
+
+    def stamp(self, rel: str, config: dict[str, Any]) -> None:
+        """suite.json in an experiment's results folder: the device, the versions and the sizes that
+        made them (its results.json alone does not name the device)."""
+        folder = self.tree / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "suite.json").write_text(json.dumps(
+            {"device": self.summary.get("device"), "versions": self.summary.get("versions"),
+             "dry_run": self.dry, **config}, indent=2, default=str) + "\n", encoding="utf-8")
 
     def pack(self, index: int, part: str, paths: list[str]) -> None:
         """The part's result files (repository paths under tree/) into OUT/<index>-<part>.tar.gz."""
@@ -348,6 +358,7 @@ def cli(*args: str) -> list[str]:
 
 def part_table3(suite: Suite, deadline: float, configs: dict[str, Path]) -> tuple[list[str], list[str]]:
     rel = f"experiments/flan8_crossdomain/results-{suite.sizes.tag}"
+    suite.stamp(rel, {"config": yaml.safe_load(configs[f"table3-{len(TABLE3_METHODS)}"].read_text())})
     statuses = []
     for k in range(2, len(TABLE3_METHODS) + 1):
         status = suite.run(f"table3 ({', '.join(TABLE3_METHODS[:k])})",
@@ -363,6 +374,9 @@ def part_federated(suite: Suite, deadline: float, configs: dict[str, Path],
                    steps: list[str]) -> tuple[list[str], list[str]]:
     rel = f"experiments/federated/results-{suite.sizes.tag}"
     dest = suite.tree / rel
+    suite.stamp(rel, {"steps": steps, "cross_task_records": suite.sizes.cross_task_records,
+                      "configs": {run: yaml.safe_load(path.read_text()) for run, path in configs.items()
+                                  if run in steps}})
     statuses = []
     for i, step in enumerate(steps):
         left = deadline - time.time()

@@ -74,6 +74,15 @@ def test_carried_wheels_cover_what_the_gpu_machine_lacks(tmp_path):
     assert problems == ["asymlora needs flwr: neither on the GPU machine nor in gpu_wheels.txt"]
 
 
+def test_a_wheel_the_gpu_machine_has_is_carried_only_when_pinned(tmp_path, monkeypatch):
+    wheels = tmp_path / "gpu_wheels.txt"
+    wheels.write_text("rouge-score==0.1.2\nnltk==3.10.4\ndefusedxml==0.7.1\n"
+                      "peft==0.21.2  # [pinned] the tested version\ntqdm==4.0  # no reason given\n")
+    monkeypatch.setattr(gpu_suite, "WHEELS", wheels)
+    assert gpu_suite.wheel_check() == ["tqdm==4.0: already on the GPU machine; carry it only to pin a version "
+                                       "([pinned])"]
+
+
 def test_step_time_verdicts():
     rows = [{"variant": "alora", "batch": 4, "seq": 256, "time_vs_peft_lora": 0.94, "mem_vs_peft_lora": 1.02},
             {"variant": "alora", "batch": 8, "seq": 1024, "time_vs_peft_lora": 0.96, "mem_vs_peft_lora": 0.99,
