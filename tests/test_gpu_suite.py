@@ -69,15 +69,17 @@ def test_set_key_follows_keys_into_sections():
 def test_carried_wheels_cover_what_the_gpu_machine_lacks(tmp_path):
     assert gpu_suite.wheel_check() == []
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[project]\ndependencies = ["torch>=2.4", "flwr[simulation]>=1.41", "datasets>=3"]\n')
+    pyproject.write_text('[project]\ndependencies = ["torch>=2.4", "datasets>=3"]\n'
+                         '[project.optional-dependencies]\nfederated = ["flwr[simulation]>=1.41", "ray>=2"]\n'
+                         'trl = ["trl>=0.20"]\n')
     problems = gpu_suite.wheel_check(pyproject)
-    assert problems == ["asymlora needs flwr: neither on the GPU machine nor in gpu_wheels.txt"]
+    assert problems == ["asymlora needs ray: neither on the GPU machine nor in gpu_wheels.txt"]
 
 
 def test_a_wheel_the_gpu_machine_has_is_carried_only_when_pinned(tmp_path, monkeypatch):
     wheels = tmp_path / "gpu_wheels.txt"
-    wheels.write_text("rouge-score==0.1.2\nnltk==3.10.4\ndefusedxml==0.7.1\n"
-                      "peft==0.21.2  # [pinned] the tested version\ntqdm==4.0  # no reason given\n")
+    kept = [line for line in gpu_suite.read_list(gpu_suite.WHEELS) if not line.startswith("peft")]
+    wheels.write_text("\n".join(kept) + "\npeft==0.21.2  # [pinned] the tested version\ntqdm==4.0  # no reason\n")
     monkeypatch.setattr(gpu_suite, "WHEELS", wheels)
     assert gpu_suite.wheel_check() == ["tqdm==4.0: already on the GPU machine; carry it only to pin a version "
                                        "([pinned])"]
