@@ -54,6 +54,9 @@ TABLE3_METHODS = ("lora", "alora", "hydralora", "moslora")  # the compare re-run
 # Tables 4 and 5, each homogeneous/heterogeneous pair of the Table 1 protocol right after its two runs
 FED_STEPS = ("fedalora-hom", "fedsa-hom", "cross:fedalora-hom,fedsa-hom", "fedit-hom", "feddpa-hom",
              "fedalora-het", "fedsa-het", "cross:fedalora-het,fedsa-het", "zeropadding-het", "flora-het")
+# The dry run's: every step of the suite's own (config, federate, copy, cross_task, collect, pack) for
+# a homogeneous and a heterogeneous run; each method's code is the unit tests' (--fed-runs: all of them)
+DRY_FED_STEPS = ("fedalora-hom", "cross:fedalora-hom", "fedalora-het")
 WHEELS = HERE / "gpu_wheels.txt"
 DEVICE_PACKAGES = HERE / "gpu_device_packages.txt"
 # Requirements that the suite's code paths never import, so that the GPU machine may lack them. The
@@ -534,7 +537,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--t3-epochs", type=float, help="Table 3 epochs (default 2)")
     ap.add_argument("--fed-rounds", type=int, help="federated rounds (default 10; dry run 1)")
     ap.add_argument("--fed-epochs", type=float, help="federated local epochs per round (default 1)")
-    ap.add_argument("--fed-runs", help=f"federated steps in order (default {','.join(FED_STEPS)})")
+    ap.add_argument("--fed-runs", help=f"federated steps in order (default {','.join(FED_STEPS)}; dry run "
+                                       f"{','.join(DRY_FED_STEPS)})")
     ap.add_argument("--fed-slice", type=float, help="seconds each federated step may take at least (default 90)")
     ap.add_argument("--cross-task-records", type=int, help="Table 1 protocol: test records per task (default 50)")
     ap.add_argument("--data", type=Path, help="folder holding flan8-crossdomain/ and flan8-federated/ "
@@ -562,7 +566,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               if (p / "flan8-federated").is_dir()), ROOT / ".gpu-suite" / "data")
     work = (args.work or Path(f"/tmp/gpu-suite{suffix}")).resolve()
     out = (args.out or Path(os.environ.get("OUT") or ROOT / "runs" / f"gpu-suite{suffix}")).resolve()
-    fed_steps = args.fed_runs.split(",") if args.fed_runs else list(FED_STEPS)
+    fed_steps = args.fed_runs.split(",") if args.fed_runs else list(DRY_FED_STEPS if args.dry_run else FED_STEPS)
 
     if not args.plan and ("table3" in parts or "federated" in parts) and not (data / "flan8-federated").is_dir():
         print(f"gpu_suite: no benchmark data in {data}: run benchmarks/gpu_prepare.sh first, or give --data",
