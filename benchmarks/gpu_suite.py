@@ -618,6 +618,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         except Exception as exc:  # a broken part must not cost the parts after it
             suite.say(f"{part}: {type(exc).__name__}: {exc}")
             statuses, files = [f"error: {exc}"], []
+        except SystemExit:  # SIGTERM: the running command is stopped; say so, keep what is packed
+            suite.summary["parts"][part] = {"status": ["stopped by SIGTERM"], "seconds": round(time.time() - t0, 1)}
+            suite.say(f"{part}: stopped by SIGTERM; OUT holds what finished before")
+            suite.write_summary()
+            raise
         number = PARTS.index(part) + 1 if part in PARTS else 0
         if files:
             suite.pack(number, part, files)

@@ -16,7 +16,7 @@ Every row also has the first losses, so that the fast path can be seen to follow
 
     python benchmarks/throughput.py --device cpu --batch 4 --seq 256 --steps 4 --data ../shared/data/flan8-crossdomain
     python benchmarks/throughput.py --device cuda --batch 64 --seq 512 --steps 30 --compile
-    python benchmarks/throughput.py --device cuda --batch 64 --seq 512 --variants alora,lora --compile --compile-paths fast
+    python benchmarks/throughput.py --device cuda --batch 64 --seq 512 --compile --compile-paths fast
 
 Writes benchmarks/results/throughput-<device>-<data>.json and .md (rewritten after every row); ratios
 are against PEFT LoRA on the plain eager path measured in the same run.
