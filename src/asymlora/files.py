@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["read_settings", "atomic_path", "write_json_atomic", "write_text_atomic", "to_jsonable"]
+__all__ = ["read_settings", "atomic_path", "write_json_atomic", "write_text_atomic", "to_jsonable",
+           "check_writable_dir"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -106,3 +107,19 @@ def write_json_atomic(path: PathLike, data: Any, default: Callable[[Any], Any] =
                       **dump_kwargs: Any) -> Path:
     dump_kwargs.setdefault("indent", 2)
     return write_text_atomic(path, json.dumps(data, default=default, **dump_kwargs) + "\n")
+
+
+def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
+    """`path` if it is (or can be made) a writable folder, checked before any work and without
+    creating anything; else a one-line error naming `what` and the path."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{what}: {probe} is a file, not a folder (for {path})")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what}: cannot write to {probe} (permission denied)")
+    return path

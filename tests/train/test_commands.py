@@ -51,10 +51,10 @@ def test_train_evaluate_and_errors(setup, capsys):
                 "--max-new-tokens", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Avg." in out
-    preds = [json.loads(x) for x in (tmp / "alora" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(x) for x in (tmp / "alora" / "eval-reverse-test-add-test" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(p["id"] for p in preds) == sorted([f"reverse/reverse-test/{i}" for i in range(3)]
                                                      + [f"add/add-test/{i}" for i in range(3)])
-    scores = json.loads((tmp / "alora" / "eval" / "scores.json").read_text())
+    scores = json.loads((tmp / "alora" / "eval-reverse-test-add-test" / "scores.json").read_text())
     assert scores["kinds"] == {"reverse": "exact", "add": "math"}
     by_task = {t: [p["score"] for p in preds if p["task"] == t] for t in ("reverse", "add")}
     assert scores["per_task"] == {t: pytest.approx(sum(v) / len(v)) for t, v in by_task.items()}
@@ -65,6 +65,44 @@ def test_train_evaluate_and_errors(setup, capsys):
     assert "unknown metric 'bleu'" in capsys.readouterr().err
     assert run(["train", "--model", str(model), "--method", "alora"]) == 2
     assert "--out must be given" in capsys.readouterr().err
+
+
+def test_evaluate_base_model_without_adapter_and_results_never_overwrite(setup, capsys, monkeypatch):
+    tmp, model = setup
+    monkeypatch.chdir(tmp)
+    mc = [{"instruction": f"q{i}", "output": "", "answer": "BCDA"[i]} for i in range(4)]
+    (tmp / "exam.json").write_text(json.dumps(mc))
+    # the base model alone, an unknown multiple-choice set: scored by option letter, not ROUGE
+    assert run(["evaluate", "--base-model", str(model), "--data", f"exam={tmp / 'exam.json'}",
+                "--max-new-tokens", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "exam" in out and "option-letter accuracy, n=4" in out
+    first = tmp / "runs" / "base-tiny-model" / "eval-exam"
+    scores = json.loads((first / "scores.json").read_text())
+    assert scores["kinds"] == {"exam": "aqua"} and scores["metrics"] == {"exam": "option-letter accuracy"}
+    assert scores["adapter"] is None and scores["max_new_tokens"] == {"exam": 2}
+    preds = [json.loads(x) for x in (first / "predictions.jsonl").read_text().splitlines()]
+    for p in preds:  # each prediction records what the metric read from it
+        assert "extracted" in p and p["score"] == (100.0 if p["extracted"] == p["gold"] else 0.0)
+    # the same data with other settings gets a folder of its own; the first results stay
+    before = (first / "scores.json").read_text()
+    assert run(["evaluate", "--base-model", str(model), "--data", f"exam={tmp / 'exam.json'}",
+                "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert (first / "scores.json").read_text() == before
+    assert json.loads((tmp / "runs" / "base-tiny-model" / "eval-exam-2" / "scores.json").read_text())[
+        "max_new_tokens"] == {"exam": 3}
+    capsys.readouterr()
+    # a metric the data cannot serve fails before any model is loaded, naming task, record and field
+    assert run(["evaluate", "--base-model", str(tmp / "no-such-model"), "--data", f"exam={tmp / 'exam.json'}",
+                "--metric", "exam=math"]) == 2
+    err = capsys.readouterr().err
+    assert "task 'exam', record 'exam/exam/0': metric math needs a number as gold answer, got 'B'" in err
+    assert run(["evaluate", "--base-model", str(model), "--data", f"exam={tmp / 'exam.json'}",
+                "--metric", "quiz=aqua"]) == 2
+    assert "--metric names task(s) ['quiz'] not in the data" in capsys.readouterr().err
+    assert run(["evaluate", "--data", f"exam={tmp / 'exam.json'}"]) == 2
+    assert "give ADAPTER_DIR, or --base-model NAME" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp / "runs" / "base-tiny-model").iterdir()) == ["eval-exam", "eval-exam-2"]
 
 
 def test_export_with_a_gate_and_with_mean_gates(setup, capsys):

@@ -100,6 +100,66 @@ def test_compare_end_to_end_and_cache(tmp_path):
     assert cached == {"Single": [True, True], "LoRA": [True], "ALoRA": [False]}
 
 
+def test_base_model_alone_and_base_row_first(tmp_path):
+    _write_tasks(tmp_path, names=("uppercase",), n_train=2, n_test=4)
+    tasks = [{"name": "uppercase", "train": "uppercase-train.json", "test": "uppercase-test.json"}]
+    # methods: [] with include_base scores the base model alone
+    path = _config(tmp_path, tasks=tasks, methods=[], single_task=None, include_base=True)
+    summary = compare(path, out_dir=tmp_path / "base", progress=False, log=lambda s: None)
+    assert list(summary["methods"]) == ["Base"] and summary["baseline"] is None
+    assert summary["task_metrics"] == {"uppercase": "ROUGE-1"}  # free text: the data's metric
+    ci = summary["methods"]["Base"]["ci"]["uppercase"]
+    assert ci[0] <= summary["methods"]["Base"]["scores"]["uppercase"] <= ci[1]
+    # with single-task baselines and no reference named: Base first, Delta m% against Single only
+    path = _config(tmp_path, tasks=tasks, methods=["lora"], single_task="lora", include_base=True)
+    summary = compare(path, out_dir=tmp_path / "both", progress=False, log=lambda s: None)
+    assert list(summary["methods"]) == ["Base", "Single", "LoRA"] and summary["baseline"] == "Single"
+    assert "delta_m" not in summary["methods"]["Base"] and "delta_m" in summary["methods"]["LoRA"]
+    md = (tmp_path / "both" / "results.md").read_text()
+    rows = [ln.split(" |")[0] for ln in md.splitlines() if ln.startswith("| ") and "Method" not in ln]
+    assert rows[:3] == ["| Base", "| Single", "| LoRA"]
+    assert "Δm%: mean relative change against the single-task baselines (Single: LoRA trained on each task alone)" in md
+    assert "uppercase ROUGE-1" in md and "95% bootstrap confidence intervals" in md
+    # without single-task baselines there is no Delta m% (not one taken against LoRA)
+    path = _config(tmp_path, tasks=tasks, methods=["lora"], single_task=None, include_base=True)
+    summary = compare(path, out_dir=tmp_path / "none", progress=False, log=lambda s: None)
+    assert list(summary["methods"]) == ["Base", "LoRA"] and summary["baseline"] is None
+    assert "Δm%" not in (tmp_path / "none" / "results.md").read_text()
+
+
+def test_compare_metric_follows_the_data_and_fails_before_training(tmp_path):
+    _write_tasks(tmp_path, names=("uppercase",), n_train=2, n_test=2)
+    recs = [{"instruction": f"q{i}", "input": "", "output": "", "answer": "AB"[i]} for i in range(2)]
+    (tmp_path / "exam.json").write_text(json.dumps(recs))
+    tasks = [{"name": "exam", "train": "uppercase-train.json", "test": "exam.json", "metric": "math"}]
+    path = _config(tmp_path, tasks=tasks)
+    with pytest.raises(ValueError, match="task 'exam', record 'exam/exam/0': metric math needs a number"):
+        compare(path, out_dir=tmp_path / "out", progress=False,
+                log=lambda s: (_ for _ in ()).throw(AssertionError("trained: " + s)) if "training" in s else None)
+    assert not (tmp_path / "out").exists()
+    from asymlora.train.compare import load_tasks
+
+    tasks[0].pop("metric")
+    cfg = load_compare_config(_config(tmp_path, tasks=tasks))
+    assert load_tasks(cfg)[0].kind == "aqua"  # the letters in `answer` decide
+
+
+def test_evaluation_cache_key_of_older_runs_survives():
+    """An evaluation cached when max_new_tokens was one number keeps its key when the per-metric
+    lengths all resolve to that number and no later setting is used."""
+    import dataclasses
+
+    from asymlora.train.compare import EvalSettings
+
+    legacy = {"batch_size": 16, "max_new_tokens": 32, "num_beams": 1, "heldout_loss": False}
+    assert EvalSettings().cache_key({"a": 32, "b": 32}) == legacy
+    assert EvalSettings(max_new_tokens=32).cache_key({"a": 32}) == legacy
+    assert EvalSettings(bootstrap_seed=3).cache_key({"a": 32}) == legacy  # intervals only
+    assert EvalSettings().cache_key({"a": 32, "m": 256})["max_new_tokens"] == {"a": 32, "m": 256}
+    assert EvalSettings(max_prompt_tokens=64).cache_key({"a": 32})["max_prompt_tokens"] == 64
+    assert set(legacy) | {"max_prompt_tokens", "bootstrap_seed"} == {f.name for f in dataclasses.fields(EvalSettings)}
+
+
 def test_reference_and_base_rows(tmp_path, monkeypatch):
     _write_tasks(tmp_path, names=("uppercase",), n_train=2, n_test=2)
     path = _config(tmp_path, tasks=[{"name": "uppercase", "train": "uppercase-train.json",
@@ -131,9 +191,11 @@ def test_reference_and_base_rows(tmp_path, monkeypatch):
     ({"tasks": [{"name": "x", "train": "a.json"}]}, r"task 'x': give both train and test"),
     ({"tasks": [{"name": "x", "train": "a.json", "test": "b.json", "metrc": "rouge1"}]},
      r"tasks\[0\]: unknown key\(s\) \['metrc'\]"),
-    ({"tasks": [{"name": "x", "train": "a.json", "test": "b.json", "metric": "bleu"}]}, r"metric must be auto or one of"),
+    ({"tasks": [{"name": "x", "train": "a.json", "test": "b.json", "metric": "bleu"}]}, r"metric: unknown metric 'bleu'"),
     ({"tasks": ["x"]}, r"task 'x' has no train/test files and the config has no data_dir"),
     ({"evaluation": {"max_new_tokens": 0}}, r"evaluation.max_new_tokens must be >= 1"),
+    ({"evaluation": {"max_new_tokens": {"math": 0}}}, r"evaluation.max_new_tokens.math must be >= 1"),
+    ({"methods": [], "single_task": None}, r"methods: nothing to compare"),
     ({"reference": "HydraLoRA"}, r"reference: 'HydraLoRA' is not a row"),
     ({"include_base": "yes"}, r"include_base: expected bool"),
 ])

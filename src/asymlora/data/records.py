@@ -18,6 +18,7 @@ __all__ = [
     "Example",
     "RecordFormat",
     "RecordError",
+    "DataWarning",
     "KNOWN_FORMATS",
     "read_records",
     "detect_format",
@@ -29,6 +30,10 @@ __all__ = [
     "group_by_task",
     "check_unique_ids",
 ]
+
+
+class DataWarning(UserWarning):
+    """Data was changed on the way in (examples dropped, prompts cut); the message counts them."""
 
 
 class RecordError(ValueError):

@@ -9,17 +9,18 @@ fresh and atomically, one JSON object per line with the id, never appended to an
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.records import Example, check_unique_ids
+from ..data.records import DataWarning, Example, check_unique_ids
 from ..data.templates import Template, get_template
 from ..data.tokenize import MultiTaskCollator, encode_prompt
 from ..files import write_text_atomic
-from .scoring import KindSpec, score_examples
+from .scoring import MAX_NEW_TOKENS, KindSpec, resolve_kinds, score_examples
 
 __all__ = [
     "eval_mode",
@@ -29,6 +30,7 @@ __all__ = [
     "EvalResult",
     "evaluate_examples",
     "PREDICTION_FIELDS",
+    "generation_lengths",
 ]
 
 PREDICTION_FIELDS = ("id", "task", "prediction", "gold", "score")
@@ -62,6 +64,41 @@ def _model_device(model: Any) -> Any:
         return torch.device("cpu")
 
 
+LengthSpec = int | Mapping[str, int] | None
+
+
+def generation_lengths(kinds: Mapping[str, str], max_new_tokens: LengthSpec = None) -> dict[str, int]:
+    """New tokens per task: `max_new_tokens` for all, or a mapping by task or metric kind (a task's
+    entry wins), the rest the metric's default (`MAX_NEW_TOKENS`: math 256, labels 32)."""
+    out = {}
+    for task, kind in kinds.items():
+        if isinstance(max_new_tokens, int):
+            n = max_new_tokens
+        elif isinstance(max_new_tokens, Mapping):
+            n = max_new_tokens.get(task, max_new_tokens.get(kind, MAX_NEW_TOKENS[kind]))
+        else:
+            n = MAX_NEW_TOKENS[kind]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"max_new_tokens for task {task!r} must be an integer >= 1, got {n!r}")
+        out[task] = n
+    return out
+
+
+def _truncate_prompts(encoded: list[tuple[str, list[int]]], max_prompt_tokens: int | None) -> int:
+    """Keep the last `max_prompt_tokens` of each prompt (its end holds the response marker);
+    returns how many were cut."""
+    if max_prompt_tokens is None:
+        return 0
+    if max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+    cut = 0
+    for i, (ex_id, ids) in enumerate(encoded):
+        if len(ids) > max_prompt_tokens:
+            encoded[i] = (ex_id, ids[-max_prompt_tokens:])
+            cut += 1
+    return cut
+
+
 def generate_predictions(
     model: Any,
     tokenizer: Any,
@@ -71,12 +108,14 @@ def generate_predictions(
     max_new_tokens: int = 32,
     num_beams: int = 1,
     progress: bool = True,
+    max_prompt_tokens: int | None = None,
     **generate_kwargs: Any,
 ) -> dict[str, str]:
     """Greedy (num_beams=1) or beam-search responses, keyed by example id.
 
     Prompts are sorted by length before batching (less padding); the result is keyed by id, so
-    order never matters. Only the newly generated tokens are decoded.
+    order never matters. Only the newly generated tokens are decoded. Prompts longer than
+    `max_prompt_tokens` keep their last tokens, with a warning that says how many were cut.
     """
     from transformers import GenerationConfig
 
@@ -102,6 +141,10 @@ def generate_predictions(
         **generate_kwargs,
     )
     encoded = [(ex.id, encode_prompt(tokenizer, template, ex)) for ex in examples]
+    cut = _truncate_prompts(encoded, max_prompt_tokens)
+    if cut:
+        warnings.warn(f"{cut} of {len(encoded)} prompts are longer than {max_prompt_tokens} tokens: "
+                      "they keep their last tokens", DataWarning, stacklevel=2)
     encoded.sort(key=lambda item: len(item[1]))
     batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
     device = _model_device(model)
@@ -174,6 +217,7 @@ class EvalResult:
 
     per_task: dict[str, float]
     records: list[dict[str, Any]] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # task -> metric kind
 
     @property
     def average(self) -> float:
@@ -188,15 +232,24 @@ def evaluate_examples(
     template: Template | str | None = None,
     predictions_path: str | Path | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 32,
+    max_new_tokens: LengthSpec = None,
     num_beams: int = 1,
     progress: bool = True,
+    max_prompt_tokens: int | None = None,
 ) -> EvalResult:
-    """Generate, score per task, and (optionally) write the predictions file."""
-    preds = generate_predictions(
-        model, tokenizer, examples, template, batch_size, max_new_tokens, num_beams, progress
-    )
-    per_task, records = score_examples(examples, preds, kinds)
+    """Generate, score per task, and (optionally) write the predictions file.
+
+    Each task's metric is settled and checked against its data (`resolve_kinds`) before anything
+    is generated; generation length follows the metric unless `max_new_tokens` says otherwise.
+    """
+    resolved = resolve_kinds(examples, kinds)
+    lengths = generation_lengths(resolved, max_new_tokens)
+    preds: dict[str, str] = {}
+    for n in sorted(set(lengths.values())):
+        group = [ex for ex in examples if lengths[ex.task] == n]
+        preds.update(generate_predictions(model, tokenizer, group, template, batch_size, n, num_beams, progress,
+                                          max_prompt_tokens))
+    per_task, records = score_examples(examples, preds, resolved)
     if predictions_path is not None:
         write_predictions(predictions_path, records)
-    return EvalResult(per_task, records)
+    return EvalResult(per_task, records, resolved)

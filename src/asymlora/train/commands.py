@@ -222,43 +222,83 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="score a trained adapter on test data, per task",
+    p = sub.add_parser("evaluate", help="score a trained adapter (or the base model) on test data, per task",
                        description="Generate (eval mode, greedy or beam) for every test example, extract the answer "
-                                   "and score each task; writes a fresh predictions file with every example's id.")
-    p.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="a folder written by asymlora train (or its adapter/)")
+                                   "and score each task with the metric its data calls for; writes a fresh folder "
+                                   "of its own per data set with predictions.jsonl and scores.json.")
+    p.add_argument("adapter_dir", nargs="?", metavar="ADAPTER_DIR",
+                   help="a folder written by asymlora train (or its adapter/); leave out to score --base-model alone")
     _add_data_args(p, "the test split")
-    p.add_argument("--metric", help="one metric for every task (commonsense, math, aqua, exact, rouge1), or "
-                                    "task=metric pairs; default: by task name (LLM-Adapters names), else ROUGE-1")
-    p.add_argument("--base-model", help="base model, if not the one recorded in run.json")
-    p.add_argument("--out", help="folder for predictions.jsonl and scores.json (default: <run>/eval)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--metric", action="append", default=[], metavar="[TASK=]KIND",
+                   help="metric for every task, or TASK=KIND (repeatable, or comma-separated); kinds: commonsense "
+                        "(label words), math (number), aqua or option (option letter), exact, rouge1. Default: "
+                        "each task's data decides")
+    p.add_argument("--base-model", help="base model name or folder; without ADAPTER_DIR the base model is scored")
+    p.add_argument("--out", help="folder for predictions.jsonl and scores.json (default: <run>/eval-<data>, "
+                                 "a new folder where another evaluation's results are)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
+    p.add_argument("--max-new-tokens", action="append", default=[], metavar="[TASK_OR_KIND=]N",
+                   help="tokens generated per answer, for all tasks or TASK=N / KIND=N (repeatable); default "
+                        "by metric: math and option letters 256, the rest 32")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="longer prompts keep their last N tokens, with a warning (default: the run's cutoff_len, "
+                        "1024 for a base model)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1: greedy)")
     p.add_argument("--template", help="prompt template (default: the one the adapter was trained with)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_evaluate)
 
 
-def _kinds(spec: Optional[str]) -> Any:
-    from ..evaluate.scoring import TASK_KINDS
-
-    if spec is None:
+def _pairs(values: list[str], flag: str, convert: Any) -> Any:
+    """`--flag X` (one value for all) or `--flag KEY=X` pairs, repeatable and comma-separated."""
+    items = [i for v in values for i in _csv(v)]
+    if not items:
         return None
-    if "=" not in spec:
-        if spec not in TASK_KINDS:
-            raise ValueError(f"--metric: unknown metric {spec!r}; use one of {TASK_KINDS}")
-        return spec
-    kinds = {}
-    for item in _csv(spec):
-        task, _, kind = item.partition("=")
-        if kind not in TASK_KINDS:
-            raise ValueError(f"--metric: unknown metric {kind!r} for task {task!r}; use one of {TASK_KINDS}")
-        kinds[task] = kind
+    if len(items) == 1 and "=" not in items[0]:
+        return convert(items[0], flag)
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag}: give one value, or KEY=VALUE pairs; got {item!r}")
+        out[key] = convert(value, f"{flag} {key}")
+    return out
+
+
+def _kind(value: str, where: str) -> str:
+    from ..evaluate.scoring import normalize_kind
+
+    try:
+        return normalize_kind(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _count(value: str, where: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{where}: expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{where}: must be >= 1, got {n}")
+    return n
+
+
+def _kinds(specs: list[str], tasks: set[str]) -> Any:
+    kinds = _pairs(specs, "--metric", _kind)
+    if isinstance(kinds, dict):
+        unknown = sorted(set(kinds) - tasks)
+        if unknown:
+            raise KeyError(f"--metric names task(s) {unknown} not in the data; tasks there: {sorted(tasks)}")
     return kinds
 
 
-def _load_for_cli(adapter_dir: str, base_model: Optional[str]):
+def _load_for_cli(adapter_dir: Optional[str], base_model: Optional[str]):
     from ..models import load_model
+
+    if adapter_dir is None:
+        model, tok = load_model(base_model)
+        return model, tok, {}
     from .trainer import load_trained
 
     if base_model:
@@ -272,29 +312,79 @@ def _run_dir(adapter_dir: str) -> Path:
     return path.parent if path.name == "adapter" else path
 
 
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate.generate import evaluate_examples
+def _data_name(args: argparse.Namespace) -> str:
+    """A folder name for the evaluated data: its files' stems (or folder name), tasks kept."""
+    import re
 
-    kinds = _kinds(args.metric)
+    parts = [Path(spec.partition("=")[2] if "=" in spec and "/" not in spec.partition("=")[0] else spec)
+             for spec in args.data]
+    names = [p.parent.name if p.stem in ("test", "global_test") and p.parent.name else p.stem for p in parts]
+    if args.data_dir:
+        names.append(Path(args.data_dir).name)
+    if args.tasks:
+        names.append("+".join(args.tasks))
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(names))[:80]
+    return name or "data"
+
+
+def _eval_dir(args: argparse.Namespace, fingerprint: str) -> Path:
+    """`--out`, or a folder of this data's own: one holding another evaluation's scores is kept and
+    the next free `-2`, `-3`... is used."""
+    import json
+
+    if args.out:
+        return Path(args.out)
+    if args.adapter_dir is not None:
+        root = _run_dir(args.adapter_dir)
+    else:
+        root = Path("runs") / ("base-" + Path(args.base_model).name.replace(":", "_"))
+    base = root / f"eval-{_data_name(args)}"
+    for i in range(1, 1000):
+        out = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            held = json.loads((out / "scores.json").read_text(encoding="utf-8")).get("fingerprint")
+        except (FileNotFoundError, ValueError, AttributeError):
+            held = None if not out.exists() else "?"
+        if held is None or held == fingerprint:
+            return out
+    raise FileExistsError(f"{base}: 999 evaluations already there; pass --out")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate.generate import evaluate_examples, generation_lengths
+    from ..evaluate.scoring import METRIC_NAMES, resolve_kinds
+    from ..files import check_writable_dir
+    from .compare import _hash
+    from .trainer import data_fingerprint
+
+    if args.adapter_dir is None and not args.base_model:
+        raise ValueError("give ADAPTER_DIR, or --base-model NAME to score the base model alone")
     examples = _examples(args, "test")
-    if isinstance(kinds, dict):
-        missing = sorted({e.task for e in examples} - set(kinds))
-        if missing:
-            raise KeyError(f"--metric names no metric for task(s) {missing}")
+    kinds = resolve_kinds(examples, _kinds(args.metric, {e.task for e in examples}))  # before any model loads
+    lengths = generation_lengths(kinds, _pairs(args.max_new_tokens, "--max-new-tokens", _count))
+    settings = {"adapter": str(args.adapter_dir) if args.adapter_dir else None, "base_model": args.base_model,
+                "kinds": kinds, "max_new_tokens": lengths, "num_beams": args.num_beams, "template": args.template,
+                "max_prompt_tokens": args.max_prompt_tokens, "data": data_fingerprint(examples)}
+    fingerprint = _hash(settings)
+    out = _eval_dir(args, fingerprint)
+    check_writable_dir(out, "--out")
     model, tok, run = _load_for_cli(args.adapter_dir, args.base_model)
-    template = args.template or run.get("training", {}).get("template")
-    out = Path(args.out) if args.out else _run_dir(args.adapter_dir) / "eval"
+    training = run.get("training", {})
+    template = args.template or training.get("template")
+    max_prompt = args.max_prompt_tokens or training.get("cutoff_len") or 1024
     result = evaluate_examples(model, tok, examples, kinds=kinds, template=template,
                                predictions_path=out / "predictions.jsonl", batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                               progress=not args.no_progress)
-    kinds_used = {r["task"]: r["kind"] for r in result.records}
-    scores = {"adapter": str(args.adapter_dir), "per_task": result.per_task, "average": result.average,
-              "kinds": kinds_used, "n": {t: sum(1 for e in examples if e.task == t) for t in result.per_task}}
+                               max_new_tokens=lengths, num_beams=args.num_beams,
+                               progress=not args.no_progress, max_prompt_tokens=max_prompt)
+    n = {t: sum(1 for e in examples if e.task == t) for t in result.per_task}
+    scores = {"adapter": settings["adapter"], "base_model": args.base_model or run.get("model"),
+              "data": args.data or [args.data_dir], "per_task": result.per_task, "average": result.average,
+              "kinds": result.kinds, "metrics": {t: METRIC_NAMES[k] for t, k in result.kinds.items()}, "n": n,
+              "max_new_tokens": lengths, "max_prompt_tokens": max_prompt, "fingerprint": fingerprint}
     write_json_atomic(out / "scores.json", scores)
     width = max(len(t) for t in result.per_task)
     for t, s in result.per_task.items():
-        print(f"{t:<{width}}  {s:6.2f}  ({kinds_used[t]}, n={scores['n'][t]})")
+        print(f"{t:<{width}}  {s:6.2f}  ({scores['metrics'][t]}, n={n[t]})")
     print(f"{'Avg.':<{width}}  {result.average:6.2f}")
     print(f"predictions: {out / 'predictions.jsonl'}")
     return 0

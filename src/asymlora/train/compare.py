@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..data.records import Example, check_unique_ids, load_examples, load_task_dir
-from ..evaluate.scoring import TASK_KINDS, infer_task_kind
+from ..evaluate.scoring import METRIC_NAMES, check_kind, infer_task_kind, normalize_kind
+from ..evaluate.tables import BASE
 from ..files import write_json_atomic
 from .config import ConfigError, TrainConfig, from_dict_strict
 from .methods import METHOD_LABELS, METHODS
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 SINGLE = "Single"  # the row of single-task baselines, the paper's reference for Delta m%
-BASE = "Base"  # the base model without any adapter
 
 
 @dataclass
@@ -56,30 +56,53 @@ class TaskSpec:
     train: Optional[str] = None
     test: Optional[str] = None
     format: Union[str, dict[str, Any]] = "auto"
-    metric: str = "auto"  # auto: by task name (LLM-Adapters names), otherwise ROUGE-1
+    metric: str = "auto"  # auto: the data decides (option letter, number, label words, else ROUGE-1)
     label: Optional[str] = None  # column header in the table
     select: Optional[str] = None  # keep only records whose task field is this (a file of many tasks)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"task name must be non-empty and free of '/', got {self.name!r}")
-        if self.metric != "auto" and self.metric not in TASK_KINDS:
-            raise ConfigError(f"task {self.name!r}: metric must be auto or one of {TASK_KINDS}, got {self.metric!r}")
+        if self.metric != "auto":
+            try:
+                self.metric = normalize_kind(self.metric)
+            except ValueError as exc:
+                raise ConfigError(f"task {self.name!r}: metric: {exc} or auto") from None
         if (self.train is None) != (self.test is None):
             raise ConfigError(f"task {self.name!r}: give both train and test files, or neither (with data_dir)")
 
 
 @dataclass
 class EvalSettings:
-    batch_size: int = 16
-    max_new_tokens: int = 32
-    num_beams: int = 1
+    """How every row is evaluated."""
+
+    batch_size: int = 16  # prompts generated together
+    # new tokens per answer: one number, or by task / metric kind; unset: by metric (math 256, else 32)
+    max_new_tokens: Optional[Union[int, dict[str, int]]] = None
+    num_beams: int = 1  # 1: greedy
     heldout_loss: bool = False  # also report the teacher-forced loss on each test set
+    max_prompt_tokens: Optional[int] = None  # longer prompts keep their last tokens (warned); unset: 1024
+    bootstrap_seed: int = 0  # seed of the 95% bootstrap intervals
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "num_beams"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "num_beams", "max_prompt_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"evaluation.{name} must be >= 1, got {getattr(self, name)}")
+        lengths = self.max_new_tokens if isinstance(self.max_new_tokens, dict) else {"": self.max_new_tokens}
+        for key, n in lengths.items():
+            if n is not None and n < 1:
+                raise ConfigError(f"evaluation.max_new_tokens{'.' + key if key else ''} must be >= 1, got {n}")
+
+    def cache_key(self, lengths: dict[str, int]) -> dict[str, Any]:
+        """The settings that decide an evaluation's result; settings added later count only when
+        set, so evaluations cached before them stay valid."""
+        key = dataclasses.asdict(self)
+        key["max_new_tokens"] = next(iter(set(lengths.values()))) if len(set(lengths.values())) == 1 else lengths
+        for later in ("max_prompt_tokens", "bootstrap_seed"):
+            if key[later] == getattr(EvalSettings, later):
+                del key[later]
+        key.pop("bootstrap_seed", None)  # the intervals, not the scores
+        return key
 
 
 @dataclass
@@ -90,7 +113,7 @@ class CompareConfig:
         default_factory=lambda: ["lora", "hydralora", "alora"])
     data_dir: Optional[str] = None
     single_task: Optional[str] = "lora"  # method of the per-task baselines; null skips them
-    reference: Optional[str] = None  # Delta m% row: default Single, or the first method without baselines
+    reference: Optional[str] = None  # Delta m% row: default Single (the single-task baselines); none without them
     include_base: bool = False  # add a row for the base model without adapter
     adapter: dict[str, Any] = field(default_factory=dict)  # overrides for every method (target_modules...)
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
@@ -133,8 +156,9 @@ class CompareConfig:
             raise ConfigError(f"{source}: tasks: duplicate task name(s) {dupes}")
         self.task_specs = specs
         methods = self.methods if isinstance(self.methods, dict) else {m: {} for m in self.methods}
-        if not methods and not self.single_task:
-            raise ConfigError(f"{source}: methods: nothing to compare")
+        if not methods and not self.single_task and not self.include_base:
+            raise ConfigError(f"{source}: methods: nothing to compare (no methods, single_task null, "
+                              "include_base false)")
         for m, o in methods.items():
             if m not in METHODS:
                 raise ConfigError(f"{source}: methods: unknown method {m!r}; known: {sorted(METHODS)}")
@@ -166,11 +190,10 @@ class CompareConfig:
         return rows + [METHOD_LABELS[m] for m in self.method_overrides]
 
     def reference_row(self) -> Optional[str]:
+        """The Delta m% reference: `reference` if set, else the single-task baselines, else none."""
         if self.reference is not None:
             return self.reference
-        if self.single_task:
-            return SINGLE
-        return METHOD_LABELS[next(iter(self.method_overrides))] if self.method_overrides else None
+        return SINGLE if self.single_task else None
 
 
 def load_compare_config(path: Union[str, Path]) -> CompareConfig:
@@ -213,7 +236,8 @@ class TaskData:
 
     @property
     def kind(self) -> str:
-        return infer_task_kind(self.name) if self.metric == "auto" else self.metric
+        """The metric: the config's, or the one the test data calls for."""
+        return infer_task_kind(self.name, self.test) if self.metric == "auto" else self.metric
 
 
 def _subsample(examples: list[Example], n: Optional[int], seed: int, key: str) -> list[Example]:
@@ -311,8 +335,7 @@ def run_comparison(
     """
     from tqdm.auto import tqdm
 
-    from ..evaluate.generate import evaluate_examples
-    from ..evaluate.generate import write_predictions
+    from ..evaluate.generate import evaluate_examples, generation_lengths, write_predictions
     from ..evaluate.tables import write_results
 
     log = log or tqdm.write
@@ -326,6 +349,9 @@ def run_comparison(
         raise ValueError("no tasks to compare")
     order = [t.name for t in tasks]
     kinds = {t.name: t.kind for t in tasks}
+    for t in tasks:  # a metric the data cannot serve fails before anything is trained
+        check_kind(t.name, kinds[t.name], t.test)
+    lengths = generation_lengths(kinds, eval_settings.max_new_tokens)
     all_train = [e for t in tasks for e in t.train]
 
     # (row, method, run-key examples, config, tasks evaluated with it)
@@ -367,7 +393,7 @@ def run_comparison(
                             adapter=overrides, resume=resume, task_names=sorted({e.task for e in train_ex}),
                             data_info={"model_name": model_name})
                 model = res.model
-        eval_key = _hash({"eval": dataclasses.asdict(eval_settings), "kinds": kinds,
+        eval_key = _hash({"eval": eval_settings.cache_key(lengths), "kinds": kinds,
                           "test": data_fingerprint(test_ex), "template": config.template})
         eval_file = run_dir / f"eval-{eval_key}.json" if run_dir is not None else None
         if eval_file is not None and eval_file.is_file():
@@ -376,8 +402,8 @@ def run_comparison(
         else:
             result = evaluate_examples(model, tokenizer, test_ex, kinds=kinds, template=config.template,
                                        batch_size=eval_settings.batch_size,
-                                       max_new_tokens=eval_settings.max_new_tokens,
-                                       num_beams=eval_settings.num_beams, progress=progress)
+                                       max_new_tokens=lengths, num_beams=eval_settings.num_beams,
+                                       progress=progress, max_prompt_tokens=eval_settings.max_prompt_tokens or 1024)
             per_task, recs = result.per_task, result.records
             loss = None
             if eval_settings.heldout_loss:
@@ -406,14 +432,19 @@ def run_comparison(
     for row, recs in records.items():
         pred_files[row] = str(write_predictions(pred_dir / f"{row}.jsonl", recs))
     labels = {t.name: t.label for t in tasks if t.label}
-    meta_out = {"model": model_name, "runs": runs, "predictions": pred_files, "task_kinds": kinds,
+    meta_out = {"model": model_name, "runs": runs, "predictions": pred_files, "task_kinds": kinds, "max_new_tokens": lengths,
                 "n_train": {t.name: len(t.train) for t in tasks}, "n_test": {t.name: len(t.test) for t in tasks},
                 "training": train_config.to_dict(), "evaluation": dataclasses.asdict(eval_settings),
                 **({"heldout_loss": losses} if losses else {}), **dict(meta or {})}
     if reference is not None and reference not in scores:
         raise ValueError(f"reference row {reference!r} was not run; rows: {list(scores)}")
+    samples = {row: {t: {r["id"]: r["score"] for r in recs if r["task"] == t} for t in order}
+               for row, recs in records.items()}
+    caption = (f"the single-task baselines ({SINGLE}: {METHOD_LABELS[single_task]} trained on each task alone)"
+               if reference == SINGLE and single_task else None)
     paths = write_results(out, scores, baseline=reference, tasks=order, task_labels=labels or None,
-                          title=title, extra=meta_out)
+                          title=title, extra=meta_out, samples=samples, seed=eval_settings.bootstrap_seed,
+                          task_metrics={t: METRIC_NAMES[k] for t, k in kinds.items()}, baseline_caption=caption)
     summary = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))
     summary["files"] = {k: str(v) for k, v in paths.items()}
     return summary
