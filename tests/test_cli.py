@@ -41,3 +41,27 @@ def test_comm_json_through_the_installed_console_script(tmp_path):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_system_errors_and_data_warnings_are_one_line(monkeypatch, capsys):
+    import argparse
+    import warnings
+
+    from asymlora import cli
+    from asymlora.data.records import DataWarning
+
+    def handler(args):
+        warnings.warn("2 of 5 prompts are longer than 8 tokens", DataWarning)
+        raise PermissionError(13, "Permission denied", "/root/out/scores.json")
+
+    def parser():
+        p = argparse.ArgumentParser()
+        p.add_argument("--traceback", action="store_true")
+        p.set_defaults(func=handler, command="evaluate")
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err == ("asymlora: warning: 2 of 5 prompts are longer than 8 tokens\n"
+                   "asymlora evaluate: error: cannot use /root/out/scores.json: Permission denied\n")

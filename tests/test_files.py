@@ -61,3 +61,32 @@ def test_write_json_atomic_converts_sets_tuples_enums_and_paths(tmp_path):
 
     out = write_json_atomic(tmp_path / "x.json", {"s": {"v", "q"}, "t": (1, 2), "k": Kind.A, "p": tmp_path})
     assert json.loads(out.read_text()) == {"s": ["q", "v"], "t": [1, 2], "k": "alora", "p": str(tmp_path)}
+
+
+def test_a_key_given_twice_is_refused_yaml_and_json(tmp_path):
+    from asymlora.files import read_settings
+
+    y = tmp_path / "c.yaml"
+    y.write_text("training:\n  learning_rate: 1.0e-3\n  batch_size: 2\n  learning_rate: 3.0e-4\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: malformed YAML at line 4, column 3: key 'learning_rate' "
+                                         r"appears twice \(first at line 2\)"):
+        read_settings(y)
+    # YAML merge keys may still be overridden: that is what they are for
+    y.write_text("base: &b {lr: 1}\nrun:\n  <<: *b\n  lr: 2\n")
+    assert read_settings(y) == {"base": {"lr": 1}, "run": {"lr": 2}}
+    j = tmp_path / "c.json"
+    j.write_text('{"a": 1, "b": {"c": 1, "c": 2}}')
+    with pytest.raises(ValueError, match=r"c\.json: key 'c' appears twice in one mapping"):
+        read_settings(j)
+
+
+def test_a_folder_given_for_a_file_and_unwritable_outputs(tmp_path):
+    from asymlora.files import check_writable_dir, read_settings
+
+    with pytest.raises(IsADirectoryError, match=f"config file {tmp_path} is a folder, not a file"):
+        read_settings(tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--out: .*/f is a file, not a folder"):
+        check_writable_dir(tmp_path / "f" / "deeper", "--out")
+    assert check_writable_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checked, nothing created

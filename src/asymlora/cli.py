@@ -7,7 +7,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Optional, Sequence
+import warnings
+from typing import Callable, Optional, Sequence
 
 # Each module exposes register(subparsers); handlers take the parsed args and return an exit code.
 COMMAND_MODULES = (
@@ -16,8 +17,32 @@ COMMAND_MODULES = (
     "asymlora.analysis.commands",
 )
 
-# Errors that mean "the input was wrong", reported in one line rather than a traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, TypeError)
+# Errors that mean "the input was wrong", reported in one line rather than a traceback. OSError
+# covers files that cannot be read or written (permissions, a folder where a file should be, a
+# full disk): its message names the file.
+USER_ERRORS = (ValueError, KeyError, OSError, TypeError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:  # raised by the system: "[Errno 13] ..."
+        return f"cannot use {exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _data_warnings_one_line(default: Callable[..., None]) -> Callable[..., None]:
+    """Warnings about the user's data as one line each; other warnings as `default` prints them."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        from .data.records import DataWarning
+
+        if issubclass(category, DataWarning):
+            print(f"asymlora: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,20 +66,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    shown = warnings.showwarning
+    warnings.showwarning = _data_warnings_one_line(shown)
     try:
         return int(handler(args) or 0)
-    except USER_ERRORS as exc:
-        if args.traceback:
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"asymlora {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `asymlora ... | head`: the reader left; nothing to report
         sys.stderr.close()
         return 0
+    except USER_ERRORS as exc:
+        if args.traceback:
+            raise
+        print(f"asymlora {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"asymlora {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -45,9 +45,14 @@ def read_settings(path: PathLike, what: str = "config file", error: type[Excepti
     where the parser knows it, the line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}): not a {what}") from None
     if not text.strip():
         raise error(f"{path}: the file is empty")
     fmt = fmt or ("json" if path.suffix.lower() == ".json" else "yaml")
@@ -55,17 +60,58 @@ def read_settings(path: PathLike, what: str = "config file", error: type[Excepti
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_unique_key_loader())
         except yaml.YAMLError as exc:
             raise error(f"{path}: malformed YAML {_yaml_error(exc)}") from None
     else:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise error(f"{path}: malformed JSON at line {exc.lineno} ({exc.msg})") from None
+        except _DuplicateKey as exc:
+            raise error(f"{path}: key {exc.args[0]!r} appears twice in one mapping") from None
     if data is None:
         raise error(f"{path}: holds no settings (only null or comments)")
     return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _unique_key_loader() -> Any:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML says keys are unique;
+    PyYAML keeps the last silently, so a setting written twice would be half-ignored)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base": overriding merged keys is what merging is for
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"key {key!r} appears twice (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        loader.flatten_mapping(node)
+        return dict(loader.construct_pairs(node, deep=deep))
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from asymlora.data.records import (
+    split_file,
     Example,
     RecordError,
     RecordFormat,
@@ -113,7 +114,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     with pytest.raises(RecordError, match=r"bad\.jsonl: line 3: malformed JSON"):
         read_records(f)
     f.write_text("[1, 2]\n", encoding="utf-8")
-    with pytest.raises(RecordError, match="line 1: expected a JSON object"):
+    with pytest.raises(RecordError, match="record 0: expected a JSON object"):
         read_records(f)
 
 
@@ -212,14 +213,76 @@ def test_load_task_dir_llm_adapters_layout():
     test = load_task_dir(root, "test", tasks=["boolq", "piqa"])
     assert {t: len(v) for t, v in group_by_task(test).items()} == {"boolq": 3270, "piqa": 1838}
     assert test[0].id == "boolq/test/0" and test[0].answer in ("true", "false")
-    with pytest.raises(FileNotFoundError, match=r"no train\.json for task\(s\) \['piqa'\]"):
+    with pytest.raises(FileNotFoundError, match=r"no train file for task\(s\) \[.piqa.\]"):
         load_task_dir(root, "train", tasks=["piqa"])
 
 
 def test_load_task_dir_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="task directory not found"):
         load_task_dir(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="neither the FLAN layout"):
+    with pytest.raises(FileNotFoundError, match="no data layout found: neither local_training_"):
         load_task_dir(tmp_path)
     with pytest.raises(ValueError, match="split must be"):
         load_task_dir(tmp_path, "dev")
+
+
+def _recs(n, task_key="category", task="qa"):
+    return [{"instruction": f"q{i}", "output": f"a{i}", task_key: task} for i in range(n)]
+
+
+def test_json_array_in_a_jsonl_file_and_lines_in_a_json_file(tmp_path):
+    arr = tmp_path / "array.jsonl"
+    arr.write_text(json.dumps(_recs(3), indent=1))  # a JSON array, named .jsonl
+    assert [r["instruction"] for r in read_records(arr)] == ["q0", "q1", "q2"]
+    lines = tmp_path / "lines.json"
+    lines.write_text("\n".join(json.dumps(r) for r in _recs(2)) + "\n")
+    assert len(read_records(lines)) == 2
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(_recs(1)[0]))
+    assert len(read_records(one)) == 1
+    obj = tmp_path / "obj.json"
+    obj.write_text(json.dumps({"data": _recs(1)}))
+    with pytest.raises(RecordError, match="expected a JSON array of records, got dict"):
+        read_records(obj)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"instruction": "x",\n "output": }]')
+    with pytest.raises(RecordError, match=r"broken\.json: malformed JSON at line 2"):
+        read_records(broken)
+    with pytest.raises(IsADirectoryError, match="is a folder; give a records file"):
+        read_records(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["task", "category", "task_type", "class"])
+def test_task_field_names(tmp_path, key):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(_recs(2, key, "mc")))
+    assert {e.task for e in load_examples(f)} == {"mc"}
+
+
+def test_task_field_named_by_the_user(tmp_path):
+    f = tmp_path / "r.json"
+    recs = [{"instruction": "q", "output": "a", "category": "wrong", "subject": "algebra"}]
+    f.write_text(json.dumps(recs))
+    assert load_examples(f, task_field="subject")[0].task == "algebra"
+    assert load_examples(f)[0].task == "wrong"
+    with pytest.raises(RecordError, match=r"none of the task field\(s\) \['topic'\]"):
+        load_examples(f, task_field="topic")
+
+
+@pytest.mark.parametrize("test_name", ["test.jsonl", "test.json", "global_test.json", "global_test.jsonl"])
+def test_every_test_file_name_is_found(tmp_path, test_name):
+    for i, task in enumerate(("qa", "summ")):
+        (tmp_path / f"local_training_{i}.json").write_text(json.dumps(_recs(3, task=task)))
+    (tmp_path / test_name).write_text(json.dumps(_recs(2, task="qa") + _recs(1, task="summ")))
+    assert split_file(tmp_path, "test") == tmp_path / test_name
+    test = load_task_dir(tmp_path, "test")
+    assert [e.task for e in test] == ["qa", "qa", "summ"]
+    assert len(load_task_dir(tmp_path, "train")) == 6
+
+
+def test_one_file_per_split_layout_and_missing_split(tmp_path):
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in _recs(4, "task_type", "x")))
+    assert len(load_task_dir(tmp_path, "train")) == 4
+    with pytest.raises(FileNotFoundError, match="nor test.jsonl / test.json / global_test.json"):
+        load_task_dir(tmp_path, "test")
+    assert split_file(tmp_path, "test", required=False) is None

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from asymlora.data.records import Example
+from asymlora.data.records import DataWarning, Example
 from asymlora.data.templates import ALPACA_SHORT, ChatTemplate
 from asymlora.data.tokenize import (
     IGNORE_INDEX,
@@ -78,12 +78,30 @@ def test_tokenize_examples_task_ids_and_drop(tok):
     assert names == ["add", "rev"]
     assert [f["task_id"] for f in feats] == [0, 1, 0]
     # a cut-off inside the prompt leaves no target: dropped (or kept on request)
-    short, _ = tokenize_examples(exs, tok, cutoff_len=5)
+    with pytest.warns(DataWarning, match=r"3 examples: dropped 3 whose prompt fills the cut-off of 5 tokens "
+                                         r"\(e.g. \['add/s/0', 'rev/s/0', 'add/s/1'\]; raise cutoff_len\); 0 are used"):
+        short, _ = tokenize_examples(exs, tok, cutoff_len=5)
     assert short == []
     kept, _ = tokenize_examples(exs, tok, cutoff_len=5, drop_without_target=False)
     assert len(kept) == 3 and all(set(f["labels"]) == {IGNORE_INDEX} for f in kept)
     with pytest.raises(KeyError, match="task 'rev' not in task list"):
         tokenize_examples(exs, tok, task_names=["add"])
+
+
+def test_nothing_dropped_or_cut_silently(tok):
+    import warnings
+
+    exs = [EX, Example("add/s/1", "add", "Add.", "1 + 1", "   "), Example("add/s/2", "add", "Add.", "1 + 1", "2" * 50)]
+    full = len(tokenize_example(exs[2], tok, cutoff_len=10_000)["input_ids"])
+    with pytest.warns(DataWarning) as record:
+        feats, _ = tokenize_examples(exs, tok, cutoff_len=full - 3)
+    assert len(record) == 1 and str(record[0].message) == (
+        "3 examples: dropped 1 with an empty response (e.g. ['add/s/1']); "
+        f"cut the response of 1 at {full - 3} tokens; 2 are used")
+    assert len(feats) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # everything fits: no word
+        assert len(tokenize_examples([EX], tok, cutoff_len=full)[0]) == 1
 
 
 def test_collator_right_and_left_padding():

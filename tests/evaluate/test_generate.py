@@ -143,3 +143,34 @@ def test_evaluate_examples_end_to_end(model_and_tok, examples, tmp_path):
         assert r["task"] == e.task and r["gold"] == e.answer
         assert r["score"] == (100.0 if r["prediction"] == e.answer else 0.0)
     assert res.average == pytest.approx(sum(res.per_task.values()) / len(res.per_task))
+
+
+def test_long_prompts_keep_their_end_with_a_warning(model_and_tok, examples):
+    from asymlora.data.records import DataWarning
+
+    model, tok = model_and_tok
+    long = [e for e in examples if e.task == "long"]
+    n = len(tok(ALPACA_SHORT.format_prompt(long[0].instruction, long[0].input))["input_ids"])
+    with pytest.warns(DataWarning, match=f"1 of 1 prompts are longer than {n - 5} tokens: they keep their last tokens"):
+        cut = generate_predictions(model, tok, long, max_new_tokens=NEW, progress=False, max_prompt_tokens=n - 5)
+    # the same as generating from the prompt's last n-5 tokens by hand
+    ids = tok(ALPACA_SHORT.format_prompt(long[0].instruction, long[0].input))["input_ids"][5:]
+    out = []
+    with torch.no_grad():
+        for _ in range(NEW):
+            nxt = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            out.append(nxt)
+    assert cut[long[0].id] == tok.decode(out, skip_special_tokens=True).strip()
+
+
+def test_generation_length_follows_the_metric(model_and_tok):
+    from asymlora.evaluate.generate import generation_lengths
+
+    kinds = {"gsm": "math", "exam": "aqua", "boolq": "commonsense", "summ": "rouge1"}
+    assert generation_lengths(kinds) == {"gsm": 256, "exam": 256, "boolq": 32, "summ": 32}
+    assert generation_lengths(kinds, 8) == dict.fromkeys(kinds, 8)
+    assert generation_lengths(kinds, {"math": 300, "summ": 64}) == {"gsm": 300, "exam": 256, "boolq": 32, "summ": 64}
+    with pytest.raises(ValueError, match="max_new_tokens for task 'gsm' must be an integer >= 1, got 0"):
+        generation_lengths(kinds, {"gsm": 0})

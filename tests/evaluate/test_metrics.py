@@ -83,3 +83,38 @@ def test_reexports_and_accuracy():
     assert metrics.score_task("exact", ["x", "y"], ["x", "z"]) == 50.0
     with pytest.raises(ValueError, match="no items"):
         accuracy([])
+
+
+def test_bootstrap_ci_against_the_normal_approximation_and_seeded():
+    import random
+
+    from asymlora.metrics import bootstrap_ci
+
+    rng = random.Random(1)
+    scores = [100.0 * (rng.random() < 0.6) for _ in range(400)]
+    ci = bootstrap_ci({"t": scores}, seed=5)
+    p = sum(scores) / len(scores) / 100
+    half = 1.96 * (p * (1 - p) / len(scores)) ** 0.5 * 100  # Wald interval of a proportion
+    lo, hi = ci["per_task"]["t"]
+    assert lo < 100 * p < hi
+    assert hi - lo == pytest.approx(2 * half, rel=0.15)
+    assert ci["average"] == pytest.approx(ci["per_task"]["t"], abs=1e-9)  # one task: the same thing
+    assert bootstrap_ci({"t": scores}, seed=5) == ci  # seeded
+    # the average of two tasks resamples each task: narrower than either task's interval, around the mean
+    two = bootstrap_ci({"a": scores, "b": [s / 2 for s in scores]}, seed=0)
+    mean = (100 * p + 50 * p) / 2
+    assert two["average"][0] < mean < two["average"][1]
+    assert two["average"][1] - two["average"][0] < hi - lo
+    assert bootstrap_ci({"c": [40.0] * 5, "one": [1.0]}) == {"per_task": {"c": [40.0, 40.0], "one": None},
+                                                             "average": None}
+    with pytest.raises(ValueError, match=r"no scores for task\(s\) \['e'\]"):
+        bootstrap_ci({"e": []})
+
+
+def test_paired_differences_need_the_same_records():
+    from asymlora.metrics import paired_differences
+
+    a = {"t": {"x": 100.0, "y": 0.0}}
+    assert paired_differences(a, {"t": {"y": 100.0, "x": 100.0}}) == {"t": [0.0, -100.0]}
+    with pytest.raises(KeyError, match="scored on different records"):
+        paired_differences(a, {"t": {"x": 1.0}})

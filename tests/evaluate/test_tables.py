@@ -63,3 +63,26 @@ def test_zero_baseline_is_reported_not_fatal():
     md = markdown_table(res)
     assert "| LoRA | 10.00 | 40.00 | 25.00 | n/a |" in md
     assert "Δm% undefined: task 'a': baseline score is 0" in md
+
+
+def test_noise_marks_and_intervals_in_the_table():
+    # 40 records a task: Single and LoRA differ on one record of "a" (noise), on 30 of "b" (real)
+    single = {"a": {str(i): 100.0 * (i % 2) for i in range(40)}, "b": {str(i): 0.0 for i in range(40)}}
+    lora = {"a": {**single["a"], "0": 100.0}, "b": {str(i): 100.0 * (i < 30) for i in range(40)}}
+    samples = {"Single": single, "LoRA": lora}
+    results = {m: {t: sum(v.values()) / 40 for t, v in s.items()} for m, s in samples.items()}
+    results["Single"]["b"] = 1e-9  # Delta m% needs a non-zero baseline; the cell shows 0.00
+    s = results_summary(results, samples=samples, task_metrics={"a": "ROUGE-1", "b": "math accuracy"})
+    vs = s["methods"]["LoRA"]["vs"]
+    assert vs["row"] == "Single"
+    assert vs["per_task"]["a"]["within_noise"] is True and vs["per_task"]["b"]["within_noise"] is False
+    lo, hi = s["methods"]["LoRA"]["ci"]["b"]
+    assert lo < 75.0 < hi and s["uncertainty"]["seed"] == 0 and s["task_metrics"]["b"] == "math accuracy"
+    md = markdown_table(results, samples=samples, task_metrics={"a": "ROUGE-1", "b": "math accuracy"},
+                        baseline_caption="the single-task baselines")
+    lora_line = next(ln for ln in md.splitlines() if ln.startswith("| LoRA | 52.50"))
+    assert lora_line.startswith("| LoRA | 52.50 ≈ | 75.00 |")
+    assert "Scores in percent: a ROUGE-1; b math accuracy." in md
+    assert "Δm%: mean relative change against the single-task baselines, per task" in md
+    assert "≈: the difference from Single is inside the noise" in md
+    assert "| LoRA | " in md.split("95% bootstrap confidence intervals")[1]

@@ -81,6 +81,8 @@ def test_evaluate_base_model_without_adapter_and_results_never_overwrite(setup, 
     scores = json.loads((first / "scores.json").read_text())
     assert scores["kinds"] == {"exam": "aqua"} and scores["metrics"] == {"exam": "option-letter accuracy"}
     assert scores["adapter"] is None and scores["max_new_tokens"] == {"exam": 2}
+    lo, hi = scores["ci"]["exam"]  # 95% bootstrap interval around the score, and of the average
+    assert lo <= scores["per_task"]["exam"] <= hi and scores["average_ci"] == scores["ci"]["exam"]
     preds = [json.loads(x) for x in (first / "predictions.jsonl").read_text().splitlines()]
     for p in preds:  # each prediction records what the metric read from it
         assert "extracted" in p and p["score"] == (100.0 if p["extracted"] == p["gold"] else 0.0)
@@ -103,6 +105,126 @@ def test_evaluate_base_model_without_adapter_and_results_never_overwrite(setup, 
     assert run(["evaluate", "--data", f"exam={tmp / 'exam.json'}"]) == 2
     assert "give ADAPTER_DIR, or --base-model NAME" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp / "runs" / "base-tiny-model").iterdir()) == ["eval-exam", "eval-exam-2"]
+
+
+def test_dolly_federated_layout_field_mapping_and_task_field(setup, capsys):
+    tmp, model = setup
+    dolly = tmp / "dolly"
+    dolly.mkdir()
+    rec = lambda i, kind: {"prompt": f"Say {i}.", "context": "", "reply": f"{i} said", "class": kind}  # noqa: E731
+    for c, kind in enumerate(("open_qa", "brainstorming")):
+        (dolly / f"local_training_{c}.json").write_text(json.dumps([rec(i, kind) for i in range(3)]))
+    # the test file is global_test.json; a JSON array although .jsonl would also do
+    (dolly / "global_test.json").write_text(json.dumps([rec(i, k) for i in range(2) for k in ("open_qa", "brainstorming")]))
+    fmt = "instruction=prompt,input=context,output=reply"
+    assert run(["evaluate", "--base-model", str(model), "--data-dir", str(dolly), "--format", fmt,
+                "--task-field", "class", "--max-new-tokens", "2", "--no-progress", "--out", str(tmp / "ev")]) == 0
+    scores = json.loads((tmp / "ev" / "scores.json").read_text())
+    assert scores["n"] == {"open_qa": 2, "brainstorming": 2} and set(scores["metrics"].values()) == {"ROUGE-1"}
+    # the same folder given to --data, and the JSON-object form of the mapping
+    assert run(["evaluate", "--base-model", str(model), "--data", str(dolly), "--format", json.dumps(
+        {"instruction": "prompt", "output": "reply", "task": "class"}), "--max-new-tokens", "2", "--no-progress",
+        "--out", str(tmp / "ev2")]) == 0
+    assert json.loads((tmp / "ev2" / "scores.json").read_text())["per_task"] == scores["per_task"]
+    # train finds the clients' files in the same folder
+    assert run(["train", "--model", str(model), "--method", "lora", "--out", str(tmp / "dolly-run"),
+                "--data-dir", str(dolly), "--format", fmt, "--task-field", "class", "--max-steps", "1",
+                "--batch-size", "2", "--grad-accum", "1", "--no-progress"]) == 0
+    assert "training lora on 6 examples of 2 task(s): brainstorming, open_qa" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it: usage and the one-line reason
+        run(["evaluate", "--base-model", str(model), "--data-dir", str(dolly), "--format", "output=reply"])
+    assert exc.value.code == 2
+    assert "--format: field mapping must name the record key for 'instruction'" in capsys.readouterr().err
+
+
+def _lora_dir(tmp, model_dir):
+    """A plain PEFT LoRA adapter of the tiny model, as any tool would save it."""
+    from peft import LoraConfig, get_peft_model
+
+    from . import helpers
+
+    path = tmp / "lora-adapter"
+    get_peft_model(helpers.model(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(model_dir)
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "a weights file cannot be read, it is truncated or not safetensors"),
+    ("config", "adapter_config.json: malformed JSON at line 1"),
+    ("peft_type", "adapter_config.json: unknown peft_type 'FOO'; known: "),
+    ("no_config", "no adapter_config.json: not an adapter folder"),
+])
+def test_damaged_adapter_is_one_line(setup, capsys, damage, message):
+    tmp, model = setup
+    path = _lora_dir(tmp, model)
+    weights, config = path / "adapter_model.safetensors", path / "adapter_config.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "config":
+        config.write_text('{"peft_type": "LORA", ')
+    elif damage == "peft_type":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "peft_type": "FOO"}))
+    else:
+        config.unlink()
+    rc = run(["evaluate", str(path), "--data", f"add={tmp / 'add-test.json'}", "--out", str(tmp / "ev"),
+              "--no-progress"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "error" in ln]  # (model loading prints progress bars)
+    assert rc == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    assert not (tmp / "ev").exists()
+
+
+def test_bad_training_settings_fail_before_anything_is_written(setup, capsys, monkeypatch):
+    import importlib.util
+
+    tmp, model = setup
+    cfg = tmp / "c.yaml"
+    cfg.write_text(f"model: {model}\ntasks: [{{name: add, train: add-train.json, test: add-test.json}}]\n"
+                   "methods: [lora]\ntraining:\n  learning_rate: .nan\n")
+    assert run(["train", str(cfg), "--out", str(tmp / "nan")]) == 2
+    assert "learning_rate must be a finite number, got nan" in capsys.readouterr().err
+    cfg.write_text(f"model: {model}\nmethods: [lora]\nmodel: other\n")
+    assert run(["train", str(cfg), "--out", str(tmp / "dup")]) == 2
+    assert "key 'model' appears twice (first at line 1)" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("tensorboard")
+                        else real(name, *a))
+    assert _train(tmp, model, "lora", "--report-to", "tensorboard") == 2
+    assert "--report-to: 'tensorboard' needs the tensorboard package, which is not installed" in capsys.readouterr().err
+    (tmp / "a-file").write_text("x")
+    assert run(["train", "--model", str(model), "--method", "lora", "--out", str(tmp / "a-file" / "run"),
+                "--data", f"add={tmp / 'add-train.json'}", "--max-steps", "1"]) == 2
+    assert "--out: " + str(tmp / "a-file") + " is a file, not a folder" in capsys.readouterr().err
+    assert run(["train", "--model", str(model), "--method", "lora", "--out", str(tmp / "x"),
+                "--data", str(tmp / "add-train.json" / "nested.json")]) == 2
+    assert not any((tmp / d).exists() for d in ("nan", "dup", "lora", "x"))
+
+
+def test_ctrl_c_leaves_the_run_interrupted_and_resumable(setup, capsys, monkeypatch):
+    from transformers import Trainer
+
+    tmp, model = setup
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "training_step", interrupted)
+    assert _train(tmp, model, "lora") == 130
+    assert json.loads((tmp / "lora" / "run.json").read_text())["status"] == "interrupted"
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _train(tmp, model, "lora", "--resume") == 0
+    assert json.loads((tmp / "lora" / "run.json").read_text())["status"] == "done"
+    # a finished run is extended when only the step budget grows; other changes are refused
+    assert _train(tmp, model, "lora", "--resume", "--max-steps", "3") == 0
+    rec = json.loads((tmp / "lora" / "run.json").read_text())
+    assert rec["metrics"]["global_step"] == 3 and rec["resumed_from"].endswith("checkpoint-2")
+    capsys.readouterr()
+    assert _train(tmp, model, "lora", "--resume", "--max-steps", "4", "--lr", "0.5") == 2
+    assert "learning_rate: 0.01 -> 0.5" in capsys.readouterr().err
 
 
 def test_export_with_a_gate_and_with_mean_gates(setup, capsys):

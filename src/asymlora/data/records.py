@@ -7,6 +7,7 @@ predictions are always joined to gold answers by id, never by position.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,8 @@ __all__ = [
     "load_examples",
     "load_hf_dataset",
     "load_task_dir",
+    "split_file",
+    "TASK_FIELDS",
     "group_by_task",
     "check_unique_ids",
 ]
@@ -107,15 +110,17 @@ class RecordFormat:
         )
 
 
+# Where records keep their task, tried in order (FLAN: `category` is the paper's task, `task` the
+# source data set; other sets use `task_type` or `class`).
+TASK_FIELDS = ("category", "task", "task_type", "class")
+
 KNOWN_FORMATS: dict[str, RecordFormat] = {
     # {instruction, input, output, answer}: commonsense and math sets of LLM-Adapters.
-    "llm_adapters": RecordFormat(
-        "llm_adapters", input="input", answer="answer", task=("category", "task")
-    ),
-    # {instruction, output, task, category}: the FLAN-derived sets (category is the paper's task).
-    "flan": RecordFormat("flan", task=("category", "task")),
+    "llm_adapters": RecordFormat("llm_adapters", input="input", answer="answer", task=TASK_FIELDS),
+    # {instruction, output, task, category}: the FLAN-derived sets.
+    "flan": RecordFormat("flan", task=TASK_FIELDS),
     # {instruction, context, response, category}: databricks-dolly-15k.
-    "dolly": RecordFormat("dolly", input="context", output="response", task=("category",)),
+    "dolly": RecordFormat("dolly", input="context", output="response", task=TASK_FIELDS),
 }
 
 
@@ -123,40 +128,48 @@ def _source_label(path: Path) -> str:
     return str(path)
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON array (`.json`) or one JSON object a line (`.jsonl`).
+def _json_lines(text: str, path: Path) -> list[Any]:
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{path}: line {lineno}: malformed JSON ({err.msg})") from err
+    return records
 
-    A `.json` file whose top level is not an array is refused rather than guessed at.
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read the records of a file: a JSON array, or one JSON object a line, whatever the suffix
+    says (a `.jsonl` file holding one array and a `.json` file of lines are both common).
+
+    A `.json` file holding a single object is refused rather than guessed at.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a records file (.json/.jsonl), or the folder as a data directory")
     if not path.is_file():
         raise FileNotFoundError(f"records file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        records: list[dict[str, Any]] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}: line {lineno}: malformed JSON ({err.msg})") from err
-            if not isinstance(rec, dict):
-                raise RecordError(
-                    f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}"
-                )
-            records.append(rec)
-        return records
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{path}: not UTF-8 text (byte {err.start}): not a JSON records file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecordError(
-            f"{path}: malformed JSON at line {err.lineno}, column {err.colno} ({err.msg})"
-        ) from err
+        if err.lineno == 1 and path.suffix.lower() != ".jsonl" or text.lstrip().startswith("["):
+            raise RecordError(
+                f"{path}: malformed JSON at line {err.lineno}, column {err.colno} ({err.msg})"
+            ) from err
+        data = _json_lines(text, path)  # one record a line
+    else:
+        if isinstance(data, dict) and path.suffix.lower() == ".jsonl":
+            data = [data]  # a file of one line
     if not isinstance(data, list):
         raise RecordError(
             f"{path}: expected a JSON array of records, got {type(data).__name__} "
-            "(use a .jsonl file for one record per line)"
+            "(or one JSON object a line)"
         )
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
@@ -234,11 +247,13 @@ def records_to_examples(
     task: str | None = None,
     source: str = "records",
     where: str | None = None,
+    task_field: str | None = None,
 ) -> list[Example]:
     """Normalise raw records to Examples with ids f"{task}/{source}/{index}".
 
     `task`, when given, names the task of every record (it overrides any task field: the caller
-    knows best, e.g. one file per task). Otherwise each record's task field is used.
+    knows best, e.g. one file per task). Otherwise each record's task field is used: the one
+    `task_field` names, else the format's (`category`, `task`, `task_type`, `class`).
     """
     where = where or source
     if task is not None:
@@ -248,6 +263,8 @@ def records_to_examples(
     if not records:
         return []
     rf = resolve_format(fmt, records[0], where)
+    if task_field is not None:
+        rf = dataclasses.replace(rf, task=(task_field,))
     examples = []
     for i, rec in enumerate(records):
         at = f"{where}: record {i}"
@@ -288,12 +305,14 @@ def load_examples(
     fmt: str | RecordFormat | Mapping[str, Any] | None = "auto",
     task: str | None = None,
     source: str | None = None,
+    task_field: str | None = None,
 ) -> list[Example]:
     """Load one JSON/JSONL file. `source` (default: the file stem) makes ids unique across files."""
     path = Path(path)
     records = read_records(path)
     src = source if source is not None else _SAFE.sub("_", path.stem)
-    return records_to_examples(records, fmt, task=task, source=src, where=_source_label(path))
+    return records_to_examples(records, fmt, task=task, source=src, where=_source_label(path),
+                               task_field=task_field)
 
 
 def load_hf_dataset(
@@ -337,16 +356,49 @@ def _flan_index(p: Path) -> int:
     return int(p.stem.rsplit("_", 1)[1])
 
 
+# The file names a split goes by, tried in order: LLM-Adapters and FLAN (`test.json(l)`), and
+# the federated Dolly layout (`global_test.json`).
+SPLIT_FILES = {
+    "train": ("train.json", "train.jsonl"),
+    "test": ("test.jsonl", "test.json", "global_test.json", "global_test.jsonl"),
+}
+
+
+def split_file(folder: str | Path, split: str, required: bool = True) -> Path | None:
+    """The file of `split` in a data folder (`test.jsonl`, `test.json`, `global_test.json`...).
+
+    The one place that knows these names: evaluate, train, compare and federate all find a
+    folder's test file through it. None, or a FileNotFoundError listing the names tried.
+    """
+    if split not in SPLIT_FILES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
+    root = Path(folder)
+    for name in SPLIT_FILES[split]:
+        if (root / name).is_file():
+            return root / name
+    if required:
+        raise FileNotFoundError(f"{root}: no {split} file (looked for {', '.join(SPLIT_FILES[split])})")
+    return None
+
+
+def _client_files(root: Path) -> list[Path]:
+    files = [p for p in root.glob("local_training_*.json*") if p.suffix in (".json", ".jsonl")]
+    return sorted(files, key=_flan_index)
+
+
 def load_task_dir(
     path: str | Path,
     split: str = "train",
     tasks: Sequence[str] | None = None,
     fmt: str | RecordFormat | Mapping[str, Any] | None = "auto",
+    task_field: str | None = None,
 ) -> list[Example]:
-    """Load a benchmark folder in one of the two shared layouts.
+    """Load a benchmark folder in one of the common layouts.
 
-    - FLAN layout: `local_training_{i}.json` (train, one category per file) + `test.jsonl`; the task
-      of each record is its `category`.
+    - FLAN / federated layout: `local_training_{i}.json` (train, one category per file) and a test
+      file (`test.jsonl`, `test.json` or Dolly's `global_test.json`); each record's task field
+      names its task.
+    - One file per split: `train.json(l)` and `test.json(l)` with task fields.
     - LLM-Adapters layout: `<task>/train.json` and `<task>/test.json`; the task is the folder name.
 
     `tasks` keeps only those tasks (all given names must exist). Returns examples, ids unique.
@@ -356,35 +408,32 @@ def load_task_dir(
         raise FileNotFoundError(f"task directory not found: {root}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    flan_files = sorted(root.glob("local_training_*.json"), key=_flan_index)
+    flan_files = _client_files(root)
+    own = split_file(root, split, required=False)
     examples: list[Example] = []
-    if flan_files:
-        if split == "train":
+    if flan_files or own is not None:
+        if split == "train" and flan_files:
             for f in flan_files:
-                examples.extend(load_examples(f, fmt))
+                examples.extend(load_examples(f, fmt, task_field=task_field))
         else:
-            test = root / "test.jsonl"
-            if not test.exists():
-                test = root / "test.json"
-            examples.extend(load_examples(test, fmt))
+            examples.extend(load_examples(own or split_file(root, split), fmt, task_field=task_field))
     else:
         subdirs = sorted(d for d in root.iterdir() if d.is_dir())
-        found = [d for d in subdirs if (d / f"{split}.json").is_file()]
+        found = {d.name: f for d in subdirs if (f := split_file(d, split, required=False)) is not None}
         if not found:
             raise FileNotFoundError(
-                f"{root}: neither the FLAN layout (local_training_*.json) nor "
-                f"<task>/{split}.json found"
+                f"{root}: no data layout found: neither local_training_*.json, nor "
+                f"{' / '.join(SPLIT_FILES[split])}, nor <task>/{SPLIT_FILES[split][0]}"
             )
         if tasks is not None:
-            missing = sorted(set(tasks) - {d.name for d in found})
+            missing = sorted(set(tasks) - set(found))
             if missing:
-                have = [d.name for d in found]
-                raise FileNotFoundError(f"{root}: no {split}.json for task(s) {missing}; have {have}")
-        for d in found:
-            if tasks is not None and d.name not in tasks:
+                raise FileNotFoundError(f"{root}: no {split} file for task(s) {missing}; have {sorted(found)}")
+        for name, f in found.items():
+            if tasks is not None and name not in tasks:
                 continue
-            examples.extend(load_examples(d / f"{split}.json", fmt, task=d.name))
-    if tasks is not None and flan_files:
+            examples.extend(load_examples(f, fmt, task=name))
+    if tasks is not None and (flan_files or own is not None):
         have = {ex.task for ex in examples}
         missing = sorted(set(tasks) - have)
         if missing:

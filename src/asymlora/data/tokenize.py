@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import Sampler
 
-from .records import Example
+from .records import DataWarning, Example
 from .templates import Template, get_template
 
 __all__ = [
@@ -102,23 +103,47 @@ def tokenize_examples(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Tokenise many examples; each feature carries `task_id` (index into the returned task list).
 
-    With `drop_without_target`, examples whose prompt fills the whole cut-off (no response token
-    left to learn) are dropped: a batch of them would give a NaN loss.
+    With `drop_without_target`, examples with an empty response (nothing to learn but the stop)
+    and examples whose prompt fills the whole cut-off (no response token left: a batch of them
+    would give a NaN loss) are dropped. Nothing is dropped or cut silently: a `DataWarning` counts
+    the dropped examples and those whose response was cut at `cutoff_len`.
     """
     template = get_template(template, tokenizer)
     names = list(task_names) if task_names is not None else task_names_of(examples)
     index = {t: i for i, t in enumerate(names)}
     features = []
+    empty, no_room, cut = [], [], 0
     for ex in examples:
         if ex.task not in index:
             raise KeyError(f"example {ex.id!r}: task {ex.task!r} not in task list {names}")
+        if drop_without_target and not ex.output.strip():
+            empty.append(ex.id)
+            continue
         feat = tokenize_example(
             ex, tokenizer, template, cutoff_len, train_on_prompt, add_eos, task_id=index[ex.task]
         )
         if drop_without_target and all(x == IGNORE_INDEX for x in feat["labels"]):
+            no_room.append(ex.id)
             continue
+        cut += add_eos and len(feat["input_ids"]) == cutoff_len and feat["input_ids"][-1] != tokenizer.eos_token_id
         features.append(feat)
+    _report(len(examples), cutoff_len, empty, no_room, cut)
     return features, names
+
+
+def _report(total: int, cutoff_len: int, empty: list[str], no_room: list[str], cut: int) -> None:
+    """One warning saying what tokenisation dropped or cut, with example ids."""
+    parts = []
+    if empty:
+        parts.append(f"dropped {len(empty)} with an empty response (e.g. {empty[:3]})")
+    if no_room:
+        parts.append(f"dropped {len(no_room)} whose prompt fills the cut-off of {cutoff_len} tokens "
+                     f"(e.g. {no_room[:3]}; raise cutoff_len)")
+    if cut:
+        parts.append(f"cut the response of {cut} at {cutoff_len} tokens")
+    if parts:
+        kept = total - len(empty) - len(no_room)
+        warnings.warn(f"{total} examples: " + "; ".join(parts) + f"; {kept} are used", DataWarning, stacklevel=3)
 
 
 def _task_ids(features: Sequence[Mapping[str, Any]]) -> Any:

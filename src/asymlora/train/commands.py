@@ -34,14 +34,46 @@ def _floats(text: str) -> list[float]:
 
 
 def _add_data_args(p: argparse.ArgumentParser, required_hint: str) -> None:
-    p.add_argument("--data", action="append", default=[], metavar="[TASK=]FILE",
-                   help=f"a JSON/JSONL file of records ({required_hint}); TASK= names the task of every record, "
-                        "otherwise each record's task/category field is used. Repeat for several files")
-    p.add_argument("--data-dir", help="a folder in the FLAN (local_training_*.json + test.jsonl) or "
-                                      "LLM-Adapters (<task>/train.json, test.json) layout")
+    p.add_argument("--data", action="append", default=[], metavar="[TASK=]PATH",
+                   help=f"a JSON/JSONL file of records, or a data folder ({required_hint}); TASK= names the task "
+                        "of every record, otherwise each record's task field is used. Repeat for several files")
+    p.add_argument("--data-dir", help="a data folder: FLAN/federated (local_training_*.json + test.jsonl, test.json "
+                                      "or global_test.json), train.json + test.json, or LLM-Adapters "
+                                      "(<task>/train.json, <task>/test.json)")
     p.add_argument("--tasks", type=_csv, help="keep only these tasks (comma-separated)")
-    p.add_argument("--format", default="auto", help="record format: auto, llm_adapters, flan, dolly")
+    p.add_argument("--format", default="auto", type=_record_format, metavar="FORMAT",
+                   help="record format: auto, llm_adapters, flan, dolly, or a field mapping such as "
+                        "instruction=question,output=label,answer=gold (or the same as a JSON object)")
+    p.add_argument("--task-field", help="the record field naming each record's task (default: the first of "
+                                        "category, task, task_type, class)")
     p.add_argument("--max-per-task", type=int, help="use at most this many examples of each task")
+
+
+def _record_format(text: str) -> Any:
+    """A format name, or a field mapping: `instruction=question,output=label` or a JSON object."""
+    import json
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"field mapping is not valid JSON ({exc.msg})") from None
+    elif "=" in text:
+        mapping = {}
+        for item in _csv(text):
+            field, sep, key = item.partition("=")
+            if not sep or not field.strip() or not key.strip():
+                raise argparse.ArgumentTypeError(f"expected FIELD=KEY pairs, got {item!r}")
+            mapping[field.strip()] = key.strip()
+    else:
+        return text
+    from ..data.records import RecordFormat
+
+    try:
+        return RecordFormat.from_mapping(mapping)
+    except (KeyError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(exc.args[0] if exc.args else str(exc)) from None
 
 
 def _examples(args: argparse.Namespace, split: str) -> list:
@@ -49,13 +81,17 @@ def _examples(args: argparse.Namespace, split: str) -> list:
     from .compare import _subsample
 
     examples = []
+    folders = [args.data_dir] if args.data_dir else []
     for spec in args.data:
         task, sep, path = spec.partition("=")
         if not sep or "/" in task or not task:
             task, path = None, spec
-        examples.extend(load_examples(path, args.format, task=task))
-    if args.data_dir:
-        examples.extend(load_task_dir(args.data_dir, split, tasks=args.tasks, fmt=args.format))
+        if Path(path).is_dir():
+            folders.append(path)
+        else:
+            examples.extend(load_examples(path, args.format, task=task, task_field=args.task_field))
+    for folder in folders:
+        examples.extend(load_task_dir(folder, split, tasks=args.tasks, fmt=args.format, task_field=args.task_field))
     if not args.data and not args.data_dir:
         raise ValueError("no data: give --data FILE (repeatable) or --data-dir DIR")
     if args.tasks:
@@ -162,8 +198,9 @@ def _add_train(sub: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from ..files import check_writable_dir
     from .compare import load_compare_config, load_tasks
-    from .config import TrainConfig
+    from .config import TrainConfig, check_report_to
     from .trainer import train
 
     training: dict[str, Any] = {}
@@ -207,15 +244,35 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         training["progress"] = False
     config = TrainConfig.from_dict(training, "training")
+    check_report_to(config.report_to, "--report-to")
+    check_writable_dir(out, "--out")
     tasks = sorted({e.task for e in examples})
     print(f"training {method} on {len(examples)} examples of {len(tasks)} task(s): {', '.join(tasks)}")
-    result = train(model, None, examples, method, out, config=config, adapter=adapter, resume=args.resume,
-                   data_info={"sources": args.data or ([args.data_dir] if args.data_dir else [args.config])})
+    try:
+        result = train(model, None, examples, method, out, config=config, adapter=adapter, resume=args.resume,
+                       data_info={"sources": args.data or ([args.data_dir] if args.data_dir else [args.config])})
+    except KeyboardInterrupt:
+        _mark_interrupted(Path(out))
+        raise
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     if losses:
         print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {result.run['metrics']['global_step']} steps")
     print(f"adapter: {result.adapter_dir}")
     return 0
+
+
+def _mark_interrupted(out: Path) -> None:
+    """A run stopped by Ctrl-C says so in run.json (it would say "running" forever); its
+    checkpoints stay, so --resume continues it."""
+    from .trainer import RUN_FILE, read_run
+
+    try:
+        run = read_run(out)
+    except (FileNotFoundError, ValueError):
+        return
+    if run.get("status") == "running" and (out / RUN_FILE).is_file():
+        run["status"] = "interrupted"
+        write_json_atomic(out / RUN_FILE, run)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -245,6 +302,8 @@ def _add_evaluate(sub: Any) -> None:
                         "1024 for a base model)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1: greedy)")
     p.add_argument("--template", help="prompt template (default: the one the adapter was trained with)")
+    p.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the 95%% bootstrap confidence intervals in scores.json (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_evaluate)
 
@@ -293,18 +352,51 @@ def _kinds(specs: list[str], tasks: set[str]) -> Any:
     return kinds
 
 
+def _check_adapter_dir(adapter_dir: str) -> None:
+    """The adapter folder's config read and its method known, before a model loads: errors name the file."""
+    import peft
+
+    from ..files import read_settings
+
+    path = Path(adapter_dir)
+    if (path / "adapter" / "adapter_config.json").is_file():
+        path = path / "adapter"
+    if not path.is_dir():
+        raise FileNotFoundError(f"adapter directory not found: {path}")
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: no adapter_config.json: not an adapter folder")
+    config = read_settings(config_file, "adapter config", fmt="json")
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    import asymlora  # noqa: F401  (adds asymlora's methods to PeftType)
+
+    known = sorted(t.value for t in peft.PeftType)
+    if config.get("peft_type") not in known:
+        raise ValueError(f"{config_file}: unknown peft_type {config.get('peft_type')!r}; known: {', '.join(known)}")
+
+
 def _load_for_cli(adapter_dir: Optional[str], base_model: Optional[str]):
+    """(model, tokenizer, run record); an unreadable weights file is one line naming the folder."""
+    from safetensors import SafetensorError
+
     from ..models import load_model
 
-    if adapter_dir is None:
-        model, tok = load_model(base_model)
-        return model, tok, {}
-    from .trainer import load_trained
+    if adapter_dir is not None:
+        _check_adapter_dir(adapter_dir)
+    try:
+        if adapter_dir is None:
+            model, tok = load_model(base_model)
+            return model, tok, {}
+        from .trainer import load_trained
 
-    if base_model:
-        base, tok = load_model(base_model)
-        return load_trained(adapter_dir, base_model=base, tokenizer=tok)
-    return load_trained(adapter_dir)
+        if base_model:
+            base, tok = load_model(base_model)
+            return load_trained(adapter_dir, base_model=base, tokenizer=tok)
+        return load_trained(adapter_dir)
+    except SafetensorError as exc:
+        where = adapter_dir or base_model
+        raise ValueError(f"{where}: a weights file cannot be read, it is truncated or not safetensors ({exc})") from None
 
 
 def _run_dir(adapter_dir: str) -> Path:
@@ -376,16 +468,25 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                                predictions_path=out / "predictions.jsonl", batch_size=args.batch_size,
                                max_new_tokens=lengths, num_beams=args.num_beams,
                                progress=not args.no_progress, max_prompt_tokens=max_prompt)
+    from ..metrics import bootstrap_ci
+
     n = {t: sum(1 for e in examples if e.task == t) for t in result.per_task}
+    ci = bootstrap_ci({t: [r["score"] for r in result.records if r["task"] == t] for t in result.per_task},
+                      seed=args.bootstrap_seed)
     scores = {"adapter": settings["adapter"], "base_model": args.base_model or run.get("model"),
               "data": args.data or [args.data_dir], "per_task": result.per_task, "average": result.average,
+              "ci": ci["per_task"], "average_ci": ci["average"],
+              "ci_method": f"95% percentile bootstrap over test records, seed {args.bootstrap_seed}",
               "kinds": result.kinds, "metrics": {t: METRIC_NAMES[k] for t, k in result.kinds.items()}, "n": n,
               "max_new_tokens": lengths, "max_prompt_tokens": max_prompt, "fingerprint": fingerprint}
     write_json_atomic(out / "scores.json", scores)
     width = max(len(t) for t in result.per_task)
+    def interval(c: Optional[list]) -> str:
+        return f"[{c[0]:6.2f}, {c[1]:6.2f}]" if c else " " * 16
+
     for t, s in result.per_task.items():
-        print(f"{t:<{width}}  {s:6.2f}  ({scores['metrics'][t]}, n={n[t]})")
-    print(f"{'Avg.':<{width}}  {result.average:6.2f}")
+        print(f"{t:<{width}}  {s:6.2f}  {interval(ci['per_task'][t])}  ({scores['metrics'][t]}, n={n[t]})")
+    print(f"{'Avg.':<{width}}  {result.average:6.2f}  {interval(ci['average'])}  (95% bootstrap intervals)")
     print(f"predictions: {out / 'predictions.jsonl'}")
     return 0
 
@@ -407,6 +508,10 @@ def _add_compare(sub: Any) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
+    from ..files import check_writable_dir
+
+    if args.out:
+        check_writable_dir(args.out, "--out")
     summary = compare(args.config, out_dir=args.out, progress=not args.no_progress)
     print(Path(summary["files"]["markdown"]).read_text(encoding="utf-8"))
     print(f"results: {summary['files']['json']}  chart: {summary['files']['chart']}")
@@ -438,6 +543,9 @@ def _run_export(args: argparse.Namespace) -> int:
     from ..adapters.layer import RoutedLayer
     from ..data.tokenize import MultiTaskCollator, tokenize_examples
 
+    from ..files import check_writable_dir
+
+    check_writable_dir(args.out_dir, "OUT_DIR")
     model, tok, run = _load_for_cli(args.adapter_dir, args.base_model)
     routed = [layer for _, layer in iter_adapter_layers(model, RoutedLayer)]
     gate: Any = None

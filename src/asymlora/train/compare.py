@@ -27,8 +27,8 @@ from typing import Any, Callable, Optional, Union
 from ..data.records import Example, check_unique_ids, load_examples, load_task_dir
 from ..evaluate.scoring import METRIC_NAMES, check_kind, infer_task_kind, normalize_kind
 from ..evaluate.tables import BASE
-from ..files import write_json_atomic
-from .config import ConfigError, TrainConfig, from_dict_strict
+from ..files import check_writable_dir, write_json_atomic
+from .config import ConfigError, TrainConfig, check_report_to, from_dict_strict
 from .methods import METHOD_LABELS, METHODS
 from .trainer import RUN_FILE, data_fingerprint, heldout_loss, load_trained, read_run, train
 
@@ -461,6 +461,8 @@ def compare(config: Union[CompareConfig, str, Path], out_dir: Union[str, Path, N
     log = log or tqdm.write
     cfg = load_compare_config(config) if isinstance(config, (str, Path)) else config.validate(config.source)
     out = Path(out_dir or cfg.output_dir or "runs/compare")
+    check_report_to(cfg.train_config.report_to, f"{cfg.source}: training.report_to")
+    check_writable_dir(out, "output folder")
     tasks = load_tasks(cfg)
     log("tasks: " + ", ".join(f"{t.name} ({len(t.train)} train / {len(t.test)} test, {t.kind})" for t in tasks))
     base_model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)

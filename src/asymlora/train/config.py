@@ -7,12 +7,14 @@ run; here every unknown key or wrong type is an error that names the key and whe
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-__all__ = ["ConfigError", "TrainConfig", "check_value", "from_dict_strict"]
+__all__ = ["ConfigError", "TrainConfig", "check_value", "from_dict_strict", "check_report_to"]
 
 
 class ConfigError(ValueError):
@@ -137,6 +139,10 @@ class TrainConfig:
     extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         for name in ("batch_size", "grad_accum", "cutoff_len", "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -191,3 +197,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# report_to integrations and the module each needs (as transformers.integrations checks them).
+_REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+              "comet_ml": ("comet_ml",), "clearml": ("clearml",), "neptune": ("neptune",),
+              "trackio": ("trackio",), "swanlab": ("swanlab",), "dvclive": ("dvclive",)}
+
+
+def check_report_to(report_to: Union[str, list[str]], where: str = "report_to") -> None:
+    """Refuse, before any model loads, a logging integration whose package is not installed."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        modules = _REPORTERS.get(name)
+        if modules is None:
+            continue  # an integration we do not know: transformers will say
+        if not any(importlib.util.find_spec(m) is not None for m in modules):
+            raise ConfigError(f"{where}: {name!r} needs the {modules[0]} package, which is not installed "
+                              f"(pip install {modules[0]}, or report_to: none)")
