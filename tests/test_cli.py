@@ -54,7 +54,7 @@ def test_system_errors_and_data_warnings_are_one_line(monkeypatch, capsys):
         warnings.warn("2 of 5 prompts are longer than 8 tokens", DataWarning)
         raise PermissionError(13, "Permission denied", "/root/out/scores.json")
 
-    def parser():
+    def parser(command=None):
         p = argparse.ArgumentParser()
         p.add_argument("--traceback", action="store_true")
         p.set_defaults(func=handler, command="evaluate")
@@ -65,3 +65,27 @@ def test_system_errors_and_data_warnings_are_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ("asymlora: warning: 2 of 5 prompts are longer than 8 tokens\n"
                    "asymlora evaluate: error: cannot use /root/out/scores.json: Permission denied\n")
+
+
+def test_the_command_table_matches_what_each_module_registers():
+    import argparse
+    import importlib
+
+    from asymlora.cli import COMMANDS
+
+    registered = {}
+    for module in COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        for action in sub._choices_actions:
+            registered[action.dest] = (module, action.help)
+    assert registered == COMMANDS
+
+
+def test_a_command_parses_with_only_its_own_module(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--help"])
+    assert exc.value.code == 0 and "--max-new-tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["nonsense"])
+    assert exc.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-__all__ = ["ConfigError", "TrainConfig", "check_value", "from_dict_strict", "check_report_to"]
+__all__ = ["ConfigError", "TrainConfig", "check_value", "from_dict_strict", "check_report_to", "field_notes",
+           "settings_table"]
 
 
 class ConfigError(ValueError):
@@ -99,44 +100,42 @@ class TrainConfig:
     """Hyper-parameters of one training run. The defaults are the paper's commonsense set-up
     (SPEC §4: 3 epochs, lr 3e-4, batch 4 x accumulation 4, cutoff 256)."""
 
-    learning_rate: float = 3e-4
-    num_epochs: float = 3.0
+    learning_rate: float = 3e-4  # peak learning rate of AdamW
+    num_epochs: float = 3.0  # passes over the mixed training examples
     max_steps: int = -1  # > 0 overrides num_epochs
-    batch_size: int = 4
-    grad_accum: int = 4
-    cutoff_len: int = 256
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    batch_size: int = 4  # examples per device and step
+    grad_accum: int = 4  # micro-batches per optimiser step
+    cutoff_len: int = 256  # tokens of prompt + response, at most; longer responses are cut (counted)
+    warmup_steps: int = 0  # linear warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    lr_scheduler: str = "linear"  # any TrainingArguments lr_scheduler_type
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 42  # adapter initialisation, task mixing and dropout
     precision: str = "auto"  # auto: bf16 (or fp16) on a GPU, fp32 on the CPU
-    save_steps: int = 500
-    save_total_limit: Optional[int] = 2
-    logging_steps: int = 10
+    save_steps: int = 500  # checkpoint every this many steps (and at the end)
+    save_total_limit: Optional[int] = 2  # checkpoints kept; null keeps all
+    logging_steps: int = 10  # loss logged every this many steps
     report_to: Union[str, list[str]] = "none"  # "tensorboard", "wandb", ... as in TrainingArguments
     sampling: str = "proportional"  # proportional | balanced | temperature
-    temperature: Optional[float] = None
+    temperature: Optional[float] = None  # with sampling: temperature, task weights n_k^(1/T)
     template: str = "alpaca_short"  # a built-in name, "chat", or a template .json path
-    train_on_prompt: bool = False
-    gradient_checkpointing: bool = False
-    torch_compile: bool = False
-    # Speed (same loss): pack each batch's examples into rows of cutoff_len tokens without
-    # cross-example attention; make logits only where there are labels, this many tokens at a time
-    # (0: the model's own loss over every position).
-    packing: bool = False
-    loss_chunk_size: int = 0
-    progress: bool = True
+    train_on_prompt: bool = False  # put the loss on the prompt tokens too
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
+    torch_compile: bool = False  # torch.compile the model
+    # Speed (same loss):
+    packing: bool = False  # pack each batch's examples into rows, no attention across examples
+    loss_chunk_size: int = 0  # logits only where there are labels, this many tokens at a time (0: off)
+    progress: bool = True  # progress bars
     # Adapter dtype: "base" trains it in the base weights' dtype (bf16 beside a bf16 base: SPEC §5),
     # "float32" upcasts it (PEFT's autocast_adapter_dtype=True).
     adapter_dtype: str = "base"
     # Quantised base (QLoRA), through bitsandbytes: 4-bit nf4 / fp4 with matmuls in the compute dtype
     # (auto: the training precision), or 8-bit. Only for a base loaded by name.
     load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    bnb_4bit_quant_type: str = "nf4"
-    bnb_4bit_compute_dtype: str = "auto"
-    extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field
+    load_in_8bit: bool = False  # an 8-bit base (bitsandbytes), for a base loaded by name
+    bnb_4bit_quant_type: str = "nf4"  # 4-bit: nf4 or fp4
+    bnb_4bit_compute_dtype: str = "auto"  # 4-bit: dtype of the matmuls; auto: the training precision
+    extra_args: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field (push_to_hub, ...)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -217,3 +216,52 @@ def check_report_to(report_to: Union[str, list[str]], where: str = "report_to") 
         if not any(importlib.util.find_spec(m) is not None for m in modules):
             raise ConfigError(f"{where}: {name!r} needs the {modules[0]} package, which is not installed "
                               f"(pip install {modules[0]}, or report_to: none)")
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """What each field of a settings dataclass means: the comment on its line in the class source,
+    else the comment lines just above it (shared by the fields that follow, up to a blank line).
+    The reference in docs/ is generated from these, so it says what the code says."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    block: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if not line.startswith("    ") or line.startswith("    def ") or line.startswith("    @"):
+            if line.startswith("    def ") or line.startswith("    @"):
+                break
+            continue
+        if text.startswith("#"):
+            block.append(text.lstrip("# "))
+            continue
+        m = re.match(r"    (\w+): [^#]*?(?:  # (.*))?$", line)
+        if m is None:
+            block = [] if not text else block
+            continue
+        notes[m.group(1)] = m.group(2) or " ".join(block)
+    return notes
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    return "null" if value is None else f"`{value!r}`" if isinstance(value, str) else f"`{value}`"
+
+
+def settings_table(cls: type, prefix: str = "") -> str:
+    """A Markdown table of a settings dataclass: key, type, default, meaning."""
+    hints = typing.get_type_hints(cls)
+    notes = field_notes(cls)
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        note = notes.get(f.name, "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | {_default_text(f)} | {note} |")
+    return "\n".join(rows) + "\n"
