@@ -89,3 +89,17 @@ def test_a_command_parses_with_only_its_own_module(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["nonsense"])
     assert exc.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def test_every_option_of_the_training_commands_says_what_it_does():
+    import argparse
+
+    from asymlora.train import commands
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    commands.register(sub)
+    for name, parser in sub.choices.items():
+        silent = [a.option_strings or a.dest for a in parser._actions if not a.help]
+        assert not silent, (name, silent)
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, name

@@ -15,12 +15,15 @@ from typing import Callable, Optional, Sequence
 # module registers), so that `asymlora --help` imports no module and the chosen command imports only
 # its own: the start-up stays well under a second.
 COMMANDS = {
-    "demo": ("asymlora.train.commands", "LoRA vs HydraLoRA vs ALoRA on generated tasks with SmolLM2-135M (minutes, CPU)"),
+    "demo": ("asymlora.train.commands",
+             "LoRA vs HydraLoRA vs ALoRA on generated tasks with SmolLM2-135M (minutes, CPU)"),
     "train": ("asymlora.train.commands", "fine-tune one method on mixed tasks (Transformers Trainer underneath)"),
     "evaluate": ("asymlora.train.commands", "score a trained adapter (or the base model) on test data, per task"),
-    "compare": ("asymlora.train.commands", "every method and single-task baselines on the same tasks, in the paper's table"),
+    "compare": ("asymlora.train.commands",
+                "every method and single-task baselines on the same tasks, in the paper's table"),
     "export": ("asymlora.train.commands", "write a plain PEFT LoRA adapter for a fixed gate (servable anywhere)"),
-    "federate": ("asymlora.federated.commands", "federated fine-tuning of one method (Fed-ALoRA, FedIT, FedSA-LoRA, ...)"),
+    "federate": ("asymlora.federated.commands",
+                 "federated fine-tuning of one method (Fed-ALoRA, FedIT, FedSA-LoRA, ...)"),
     "comm": ("asymlora.federated.commands", "parameters and bytes each client sends and receives per round"),
     "analyze": ("asymlora.analysis.commands",
                 "why sharing B works: similarity, learning dynamics, gradient conflicts (paper Figures 1-3)"),

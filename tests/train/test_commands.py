@@ -310,3 +310,64 @@ def test_train_fast_path_flags(setup, capsys):
     assert _train(tmp, model, "adalora", "--loss-chunk-size", "8") == 2
     assert "loss_chunk_size is not available with adalora" in capsys.readouterr().err
     assert not (tmp / "adalora").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(setup):
+    """`accelerate launch -m asymlora train ...` (docs/launch.md): the data is split between two
+    processes on the CPU, half the steps each, and the main process writes the run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp, model = setup
+    _write_tasks(tmp, n_train=12)  # 24 training examples
+    accelerate = Path(sys.executable).parent / "accelerate"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", "29547", "-m", "asymlora", "train", "--model", str(model),
+         "--method", "lora", "--out", str(tmp / "acc"), "--data", f"add={tmp / 'add-train.json'}",
+         "--data", f"reverse={tmp / 'reverse-train.json'}", "--epochs", "1", "--batch-size", "2", "--grad-accum", "1",
+         "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("training lora on 24 examples") == 2  # one line per process
+    run_rec = json.loads((tmp / "acc" / "run.json").read_text())
+    assert run_rec["status"] == "done" and run_rec["metrics"]["global_step"] == 6  # one process alone: 12
+    assert (tmp / "acc" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_push_to_hub_goes_through_the_trainer(setup, capsys, monkeypatch):
+    """--push-to-hub / --hub-model-id reach TrainingArguments; the Hub's API is replaced at the
+    network boundary (huggingface_hub.HfApi) and records what would have been sent."""
+    import huggingface_hub
+
+    tmp, model = setup
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        from pathlib import Path
+
+        calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        if kwargs.get("run_as_future"):  # as HfApi does: a future of the commit
+            from concurrent.futures import Future
+
+            done = Future()
+            done.set_result(None)
+            return done
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert _train(tmp, model, "lora", "--hub-model-id", "someone/asymlora-lora", "--save-steps", "2") == 0
+    run_rec = json.loads((tmp / "lora" / "run.json").read_text())
+    assert run_rec["training"]["extra_args"] == {"push_to_hub": True, "hub_model_id": "someone/asymlora-lora"}
+    assert calls[0] == ("create_repo", "someone/asymlora-lora")
+    uploads = [c for c in calls if c[0] == "upload_folder"]
+    assert uploads and all(c[1] == "someone/asymlora-lora" for c in uploads)
+    assert any("adapter_model.safetensors" in c[2] for c in uploads)

@@ -249,3 +249,20 @@ def test_run_keys_of_older_caches_survive_new_speed_settings():
     assert _run_key("m", "alora", {}, config, examples) == legacy
     assert _run_key("m", "alora", {}, config.replace(packing=True), examples) != legacy
     assert _run_key("m", "alora", {}, config.replace(loss_chunk_size=64), examples) != legacy
+
+
+def test_config_reference_is_generated_from_the_dataclasses():
+    """docs/config.md is what the code says, and every key of every section says what it does."""
+    import dataclasses
+
+    from asymlora.train.compare import CompareConfig, EvalSettings, TaskSpec, config_reference
+    from asymlora.train.config import TrainConfig, field_notes
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8") == config_reference(), \
+        "regenerate: python -c 'from asymlora.train.compare import config_reference as r; print(r(), end=\"\")' > docs/config.md"
+    for cls in (CompareConfig, TaskSpec, TrainConfig, EvalSettings):
+        notes = field_notes(cls)
+        undocumented = [f.name for f in dataclasses.fields(cls) if f.init and not notes.get(f.name)]
+        assert not undocumented, (cls.__name__, undocumented)
+    assert field_notes(TrainConfig)["max_steps"] == "> 0 overrides num_epochs"

@@ -148,7 +148,8 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a records file (.json/.jsonl), or the folder as a data directory")
+        raise IsADirectoryError(f"{path} is a folder; give a records file (.json/.jsonl), or the folder as a "
+                                "data directory")
     if not path.is_file():
         raise FileNotFoundError(f"records file not found: {path}")
     try:

@@ -116,7 +116,8 @@ def gold_of(example: Example, kind: str) -> str:
     if kind in ("rouge1", "exact"):
         gold = example.output if example.output.strip() or example.answer is None else example.answer
         if not gold.strip():
-            raise ValueError(f"{where}: metric {kind} needs a reference text; the output is empty and there is no answer")
+            raise ValueError(f"{where}: metric {kind} needs a reference text; the output is empty and there is "
+                             "no answer")
         return gold
     text = example.answer if example.answer is not None else example.output
     field = "answer" if example.answer is not None else "output (there is no answer field)"

@@ -185,7 +185,8 @@ def markdown_table(
             if "ci" not in e:
                 continue
             cis = [e["ci"][t] for t in order] + [e["avg_ci"]]
-            lines.append("| " + " | ".join([m, *(f"{_fmt(c[0], 1)}–{_fmt(c[1], 1)}" if c else "" for c in cis)]) + " |")
+            cells = [f"{_fmt(c[0], 1)}–{_fmt(c[1], 1)}" if c else "" for c in cis]
+            lines.append("| " + " | ".join([m, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

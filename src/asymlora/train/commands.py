@@ -189,10 +189,15 @@ def _add_train(sub: Any) -> None:
                        help=_FLAG_HELP.get(flag, f"sets {key}"))
     p.add_argument("--train-on-prompt", action="store_true", help="put the loss on the prompt tokens too")
     p.add_argument("--packing", action="store_true",
-                   help="pack each batch's examples into rows as long as its longest example (no attention across examples)")
+                   help="pack each batch's examples into rows as long as its longest example "
+                        "(no attention across examples)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--load-in-4bit", action="store_true", help="quantise the base to 4 bits (QLoRA; bitsandbytes)")
     p.add_argument("--load-in-8bit", action="store_true", help="quantise the base to 8 bits (bitsandbytes)")
+    p.add_argument("--push-to-hub", action="store_true",
+                   help="push each checkpoint's adapter to the Hugging Face Hub as the Trainer does (needs a token)")
+    p.add_argument("--hub-model-id", metavar="USER/NAME",
+                   help="the Hub repository to push to (implies --push-to-hub; default: the Trainer's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_train)
 
@@ -243,6 +248,9 @@ def _run_train(args: argparse.Namespace) -> int:
             training[key] = True
     if args.no_progress:
         training["progress"] = False
+    if args.push_to_hub or args.hub_model_id:
+        hub = {"push_to_hub": True, **({"hub_model_id": args.hub_model_id} if args.hub_model_id else {})}
+        training["extra_args"] = {**training.get("extra_args", {}), **hub}
     config = TrainConfig.from_dict(training, "training")
     check_report_to(config.report_to, "--report-to")
     check_writable_dir(out, "--out")
@@ -396,7 +404,8 @@ def _load_for_cli(adapter_dir: Optional[str], base_model: Optional[str]):
         return load_trained(adapter_dir)
     except SafetensorError as exc:
         where = adapter_dir or base_model
-        raise ValueError(f"{where}: a weights file cannot be read, it is truncated or not safetensors ({exc})") from None
+        raise ValueError(f"{where}: a weights file cannot be read, it is truncated or not safetensors ({exc})") \
+            from None
 
 
 def _run_dir(adapter_dir: str) -> Path:
@@ -498,10 +507,10 @@ def _add_compare(sub: Any) -> None:
     p = sub.add_parser("compare", help="every method and single-task baselines on the same tasks, in the paper's table",
                        description="Train single-task baselines (cached) and each multi-task method named in CONFIG, "
                                    "score every task, and write results.json, results.md (one column per task, "
-                                   "Avg., Delta m%%) and results.png.")
+                                   "Avg., Delta m%, 95% bootstrap intervals) and results.png. Keys: docs/config.md.")
     p.add_argument("config", metavar="CONFIG", help="comparison YAML (see configs/)")
     p.add_argument("--out", help="output folder (default: the config's output_dir)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compare)
 
 
@@ -525,7 +534,7 @@ def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="write a plain PEFT LoRA adapter for a fixed gate (servable anywhere)",
                        description="At a fixed gate w, ALoRA is the rank-r LoRA (sum_i w_i A_i, B) and HydraLoRA "
                                    "(A, sum_i w_i B_i). Give w, or data to measure each layer's mean gate on.")
-    p.add_argument("adapter_dir", metavar="ADAPTER_DIR")
+    p.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="a folder written by asymlora train (or its adapter/)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the LoRA adapter")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gate", type=_floats, help="one gate vector for every layer: w1,w2,w3")

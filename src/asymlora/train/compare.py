@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..data.records import Example, check_unique_ids, load_examples, load_task_dir
-from ..evaluate.scoring import METRIC_NAMES, check_kind, infer_task_kind, normalize_kind
+from ..evaluate.scoring import MAX_NEW_TOKENS, METRIC_NAMES, check_kind, infer_task_kind, normalize_kind
 from ..evaluate.tables import BASE
 from ..files import check_writable_dir, write_json_atomic
 from .config import ConfigError, TrainConfig, check_report_to, from_dict_strict
@@ -43,6 +43,7 @@ __all__ = [
     "run_comparison",
     "SINGLE",
     "BASE",
+    "config_reference",
 ]
 
 SINGLE = "Single"  # the row of single-task baselines, the paper's reference for Delta m%
@@ -52,10 +53,10 @@ SINGLE = "Single"  # the row of single-task baselines, the paper's reference for
 class TaskSpec:
     """One task of a comparison. With `data_dir` set in the config, `train`/`test` may be left out."""
 
-    name: str
-    train: Optional[str] = None
-    test: Optional[str] = None
-    format: Union[str, dict[str, Any]] = "auto"
+    name: str  # the task's name (no '/'): its column, its ids, its folder under data_dir
+    train: Optional[str] = None  # training records (.json/.jsonl), relative to the config's folder
+    test: Optional[str] = None  # test records
+    format: Union[str, dict[str, Any]] = "auto"  # auto, llm_adapters, flan, dolly, or a field mapping
     metric: str = "auto"  # auto: the data decides (option letter, number, label words, else ROUGE-1)
     label: Optional[str] = None  # column header in the table
     select: Optional[str] = None  # keep only records whose task field is this (a file of many tasks)
@@ -77,12 +78,13 @@ class EvalSettings:
     """How every row is evaluated."""
 
     batch_size: int = 16  # prompts generated together
-    # new tokens per answer: one number, or by task / metric kind; unset: by metric (math 256, else 32)
+    # new tokens per answer: one number, or by task / metric kind; unset: by metric (math and option
+    # letters 256, else 32)
     max_new_tokens: Optional[Union[int, dict[str, int]]] = None
     num_beams: int = 1  # 1: greedy
     heldout_loss: bool = False  # also report the teacher-forced loss on each test set
     max_prompt_tokens: Optional[int] = None  # longer prompts keep their last tokens (warned); unset: 1024
-    bootstrap_seed: int = 0  # seed of the 95% bootstrap intervals
+    bootstrap_seed: int = 0  # seed of the 95% bootstrap confidence intervals (not part of the cache key)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_beams", "max_prompt_tokens"):
@@ -107,24 +109,27 @@ class EvalSettings:
 
 @dataclass
 class CompareConfig:
-    model: str
-    tasks: list[Any]  # task names (with data_dir) or TaskSpec mappings
+    """A comparison config (YAML): what `asymlora compare` and `asymlora train CONFIG` read."""
+
+    model: str  # base model: a local folder, a hub name, or smollm2-135m
+    tasks: list[Any]  # task names (with data_dir) or task mappings (below)
+    # methods to train on all tasks together; a mapping gives each its adapter options; [] for none
     methods: Union[list[str], dict[str, Optional[dict[str, Any]]]] = field(
         default_factory=lambda: ["lora", "hydralora", "alora"])
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = None  # a data folder (FLAN/federated, train/test files, or <task>/ folders)
     single_task: Optional[str] = "lora"  # method of the per-task baselines; null skips them
     reference: Optional[str] = None  # Delta m% row: default Single (the single-task baselines); none without them
     include_base: bool = False  # add a row for the base model without adapter
     adapter: dict[str, Any] = field(default_factory=dict)  # overrides for every method (target_modules...)
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     single_task_training: dict[str, Any] = field(default_factory=dict)  # changes for the baselines only
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    max_train_per_task: Optional[int] = None
-    max_test_per_task: Optional[int] = None
-    sample_seed: int = 0
-    output_dir: Optional[str] = None
-    cache_dir: Optional[str] = None
-    title: Optional[str] = None
+    evaluation: dict[str, Any] = field(default_factory=dict)  # evaluation settings (below)
+    max_train_per_task: Optional[int] = None  # a seeded sample of at most this many training records a task
+    max_test_per_task: Optional[int] = None  # a seeded sample of at most this many test records a task
+    sample_seed: int = 0  # seed of those samples
+    output_dir: Optional[str] = None  # results.json/.md/.png and predictions; default runs/<config name>
+    cache_dir: Optional[str] = None  # finished runs and evaluations, reused; default <output_dir>/cache
+    title: Optional[str] = None  # heading of results.md
     # filled in by validation
     task_specs: list[TaskSpec] = field(default_factory=list, init=False)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
@@ -432,7 +437,8 @@ def run_comparison(
     for row, recs in records.items():
         pred_files[row] = str(write_predictions(pred_dir / f"{row}.jsonl", recs))
     labels = {t.name: t.label for t in tasks if t.label}
-    meta_out = {"model": model_name, "runs": runs, "predictions": pred_files, "task_kinds": kinds, "max_new_tokens": lengths,
+    meta_out = {"model": model_name, "runs": runs, "predictions": pred_files, "task_kinds": kinds,
+                "max_new_tokens": lengths,
                 "n_train": {t.name: len(t.train) for t in tasks}, "n_test": {t.name: len(t.test) for t in tasks},
                 "training": train_config.to_dict(), "evaluation": dataclasses.asdict(eval_settings),
                 **({"heldout_loss": losses} if losses else {}), **dict(meta or {})}
@@ -472,4 +478,25 @@ def compare(config: Union[CompareConfig, str, Path], out_dir: Union[str, Path, N
         adapter=cfg.adapter, eval_settings=cfg.eval_settings, reference=cfg.reference_row(),
         include_base=cfg.include_base, cache_dir=cfg.cache_dir, title=cfg.title, progress=progress, log=log,
         meta={"config": cfg.source},
+    )
+
+
+def config_reference() -> str:
+    """docs/config.md: every key of a comparison / training config, from the dataclasses that read it."""
+    from .config import settings_table
+
+    return (
+        "# Config reference: `asymlora compare CONFIG` and `asymlora train CONFIG`\n\n"
+        "Generated from the dataclasses that read these files (`asymlora.train.compare.config_reference()`; "
+        "a test keeps this file equal to it). An unknown key or a wrongly typed value is an error naming "
+        "the key; a key given twice is an error naming both lines.\n\n"
+        "## Top level\n\n" + settings_table(CompareConfig) +
+        "\n## `tasks[]` (a task name, or a mapping)\n\n" + settings_table(TaskSpec, "tasks[].") +
+        "\n## `training` (and `single_task_training`, which changes it for the baselines)\n\n"
+        + settings_table(TrainConfig, "training.") +
+        "\n## `evaluation`\n\n" + settings_table(EvalSettings, "evaluation.") +
+        "\nMetrics (`tasks[].metric`, `asymlora evaluate --metric`): " +
+        ", ".join(f"`{k}` ({v})" for k, v in METRIC_NAMES.items()) +
+        "; `option` is `aqua`, `label` is `commonsense`, `rouge` is `rouge1`. New tokens by metric: " +
+        ", ".join(f"{k} {n}" for k, n in MAX_NEW_TOKENS.items()) + ".\n"
     )

@@ -220,7 +220,7 @@ def check_report_to(report_to: Union[str, list[str]], where: str = "report_to") 
 
 def field_notes(cls: type) -> dict[str, str]:
     """What each field of a settings dataclass means: the comment on its line in the class source,
-    else the comment lines just above it (shared by the fields that follow, up to a blank line).
+    else the comment lines just above it.
     The reference in docs/ is generated from these, so it says what the code says."""
     import inspect
     import re
@@ -241,6 +241,7 @@ def field_notes(cls: type) -> dict[str, str]:
             block = [] if not text else block
             continue
         notes[m.group(1)] = m.group(2) or " ".join(block)
+        block = []
     return notes
 
 
