@@ -25,6 +25,8 @@ COMMANDS = {
     "federate": ("asymlora.federated.commands",
                  "federated fine-tuning of one method (Fed-ALoRA, FedIT, FedSA-LoRA, ...)"),
     "comm": ("asymlora.federated.commands", "parameters and bytes each client sends and receives per round"),
+    "privacy": ("asymlora.federated.commands",
+                "epsilon of DP rounds (or the noise multiplier for a target epsilon), nothing run"),
     "analyze": ("asymlora.analysis.commands",
                 "why sharing B works: similarity, learning dynamics, gradient conflicts (paper Figures 1-3)"),
 }
