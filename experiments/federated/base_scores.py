@@ -31,7 +31,7 @@ def main(config: str) -> None:
         shutil.rmtree(cfg.state_dir, ignore_errors=True)
     out = Path(__file__).resolve().parent / "results" / "base.json"
     write_json_atomic(out, {"config": config, "max_eval_examples": cfg.max_eval_examples,
-                            "max_new_tokens": cfg.max_new_tokens, "clients": scores})
+                            "max_new_tokens": cfg.evaluation.max_new_tokens, "clients": scores})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from asymlora.federated.config import FederatedConfig
+from asymlora.federated.config import MOVED_KEYS, SECTION_TYPES, FederatedConfig
 
 TASKS = ["reverse", "add", "upper", "copy"]
 
@@ -59,15 +59,25 @@ def make_data_dir(root: Path, n_train: Sequence[int], n_test: int = 2) -> Path:
 
 def tiny_config(root: Path, model_dir: Path, method: str, ranks: list[int], *,
                 n_train: Optional[Sequence[int]] = None, **overrides: Any) -> FederatedConfig:
+    """A run of tiny clients; `overrides` may name a section's key by its flat name (`lr`,
+    `max_local_steps`, `targets`... see `MOVED_KEYS`) or by the section's (`training={...}`)."""
     n = overrides.get("num_clients") or len(ranks)
     data = make_data_dir(root, n_train or [4] * n)
     values: dict[str, Any] = dict(
         model=str(model_dir), data_dir=str(data), method=method, output_dir=str(root / "out"), ranks=ranks,
-        d_m=3, targets=["q_proj", "v_proj"], lora_dropout=0.0, rounds=2, local_epochs=1.0, max_local_steps=2,
-        batch_size=2, lr=1e-2, cutoff_len=48, max_new_tokens=2, eval_batch_size=4, max_eval_examples=1,
-        progress=False, min_clients=1, device="cpu",
+        d_m=3, rounds=2, max_eval_examples=1, progress=False, min_clients=1, device="cpu",
+        adapter=dict(target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        training=dict(num_epochs=1.0, max_steps=2, batch_size=2, learning_rate=1e-2, cutoff_len=48, progress=False),
+        evaluation=dict(max_new_tokens=2, batch_size=4),
     )
-    values.update(overrides)
+    for key, value in overrides.items():
+        if key in MOVED_KEYS:
+            section, name = MOVED_KEYS[key]
+            values[section][name] = -1 if key == "max_local_steps" and value is None else value
+        elif key in SECTION_TYPES:
+            values[key].update(value)
+        else:
+            values[key] = value
     return FederatedConfig(**values)
 
 

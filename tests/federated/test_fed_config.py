@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from asymlora.federated.config import ConfigError, FederatedConfig
+from asymlora.train.config import TrainConfig
 
 BASE = dict(model="m", data_dir="d", method="fedalora", output_dir="o")
 
@@ -19,6 +20,12 @@ def write(tmp_path, text):
 def test_unknown_key_names_the_file_and_the_key(tmp_path):
     p = write(tmp_path, "model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"run\.yaml: unknown key\(s\) \['learning_rate'\]"):
+        FederatedConfig.from_yaml(p)
+    p = write(tmp_path, "model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\ntraining:\n  learing_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: training: unknown key\(s\) \['learing_rate'\]"):
+        FederatedConfig.from_yaml(p)
+    p = write(tmp_path, "model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\nadapter:\n  r: 4\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: adapter: unknown key\(s\) \['r'\]"):
         FederatedConfig.from_yaml(p)
 
 
@@ -45,8 +52,8 @@ def test_unreadable_files_are_named_with_the_line(tmp_path):
 def test_bad_values_are_named():
     with pytest.raises(ConfigError, match="unknown federated method 'fedx'"):
         FederatedConfig(**{**BASE, "method": "fedx"})
-    with pytest.raises(ConfigError, match=r"lr: expected a number, got 'fast'"):
-        FederatedConfig.from_dict({**BASE, "lr": "fast"})
+    with pytest.raises(ConfigError, match=r"training\.learning_rate: expected float, got str 'fast'"):
+        FederatedConfig.from_dict({**BASE, "training": {"learning_rate": "fast"}})
     with pytest.raises(ConfigError, match=r"fraction: must be in \(0, 1\]"):
         FederatedConfig(**BASE, fraction=0.0)
     with pytest.raises(ConfigError, match="ranks: 3 ranks given for num_clients 2"):
@@ -78,14 +85,93 @@ def test_relative_paths_are_relative_to_the_file(tmp_path):
 
 
 def test_run_config_round_trip():
-    cfg = FederatedConfig(**BASE, ranks=[64, 32, 8], d_m=16, targets=["q_proj", "v_proj"], lr=5e-4,
-                          max_local_steps=None, client_timeout=30)
+    cfg = FederatedConfig(**BASE, ranks=[64, 32, 8], d_m=16, adapter={"target_modules": ["q_proj", "v_proj"]},
+                          training={"learning_rate": 5e-4, "report_to": ["tensorboard", "wandb"], "packing": True,
+                                    "extra_args": {"adam_beta2": 0.99}}, evaluation={"num_beams": 2},
+                          client_timeout=30)
     rc = cfg.to_run_config()
     assert all(isinstance(v, (str, int, float, bool)) for v in rc.values())
-    assert rc["ranks"] == "64,32,8" and rc["targets"] == "q_proj,v_proj" and rc["max_local_steps"] == ""
+    assert rc["ranks"] == "64,32,8" and rc["adapter.target_modules"] == "q_proj,v_proj"
+    assert rc["adapter.lora_alpha"] == "" and rc["training.temperature"] == ""
+    assert rc["training.report_to"] == "tensorboard,wandb" and rc["training.extra_args"] == '{"adam_beta2": 0.99}'
+    assert "training.seed" not in rc                       # the run's seed is the top-level one
     back = FederatedConfig.from_run_config(rc)
     assert back == cfg
     assert back.fingerprint() == cfg.fingerprint()
+    assert FederatedConfig.from_run_config(FederatedConfig(**BASE).to_run_config()) == FederatedConfig(**BASE)
+
+
+def test_the_yaml_layout_is_a_training_configs_sections(tmp_path):
+    p = write(tmp_path, "model: m\ndata_dir: d\noutput_dir: o\nmethod: fedalora\nranks: [8, 4]\n"
+                        "adapter: {target_modules: [q_proj], lora_dropout: 0.0}\n"
+                        "training: {learning_rate: 1.0e-3, max_steps: 4, packing: true, loss_chunk_size: 64,\n"
+                        "           precision: fp32, gradient_checkpointing: true, lr_scheduler: cosine}\n"
+                        "evaluation: {batch_size: 4, max_new_tokens: 16}\n")
+    cfg = FederatedConfig.from_yaml(p)
+    assert cfg.adapter.target_modules == ["q_proj"] and cfg.adapter.lora_dropout == 0.0
+    assert isinstance(cfg.training, TrainConfig)
+    t = cfg.training
+    assert (t.learning_rate, t.max_steps, t.packing, t.loss_chunk_size, t.gradient_checkpointing, t.lr_scheduler) \
+        == (1e-3, 4, True, 64, True, "cosine")
+    assert (t.batch_size, t.num_epochs, t.grad_accum) == (8, 1.0, 1)          # a round's defaults
+    assert (cfg.evaluation.batch_size, cfg.evaluation.max_new_tokens, cfg.evaluation.num_beams) == (4, 16, 1)
+    assert cfg.to_dict()["training"]["packing"] is True and "seed" not in cfg.to_dict()["training"]
+
+
+def test_a_flat_config_still_loads_with_one_warning_per_moved_key(tmp_path, caplog):
+    p = write(tmp_path, "model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\nlr: 1.0e-3\nmax_local_steps: 3\n"
+                        "targets: [q_proj]\neval_batch_size: 4\ntemplate: alpaca\n")
+    with caplog.at_level("WARNING", logger="asymlora.federated"):
+        cfg = FederatedConfig.from_yaml(p)
+    assert (cfg.training.learning_rate, cfg.training.max_steps, cfg.training.template) == (1e-3, 3, "alpaca")
+    assert cfg.adapter.target_modules == ["q_proj"] and cfg.evaluation.batch_size == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5
+    assert any(line.endswith("`lr` moved to `training.learning_rate`; it still works here, write it there")
+               for line in lines)
+    assert any("`eval_batch_size` moved to `evaluation.batch_size`" in line for line in lines)
+    new = write(tmp_path, "model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\ntraining: {learning_rate: 1.0e-3, "
+                          "max_steps: 3, template: alpaca}\nadapter: {target_modules: [q_proj]}\n"
+                          "evaluation: {batch_size: 4}\n")
+    assert FederatedConfig.from_yaml(new) == cfg
+    both = write(tmp_path, "model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\nlr: 0.1\n"
+                           "training: {learning_rate: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"lr and training\.learning_rate are both given; lr moved to "
+                                          r"training\.learning_rate: remove lr"):
+        FederatedConfig.from_yaml(both)
+
+
+@pytest.mark.parametrize("key,text,message", [
+    ("lr", "training: {learning_rate: .nan}", r"training: learning_rate must be a finite number, got nan"),
+    ("epochs", "training: {num_epochs: .inf}", r"training: num_epochs must be a finite number, got inf"),
+    ("clip", "training: {max_grad_norm: .nan}", r"training: max_grad_norm must be a finite number, got nan"),
+    ("alpha", "adapter: {lora_alpha: .nan}", r"adapter: lora_alpha: must be a finite number > 0, got nan"),
+    ("dropout", "adapter: {lora_dropout: .nan}", r"adapter: lora_dropout: must be in \[0, 1\), got nan"),
+    ("fraction", "fraction: .nan", r"fraction: must be in \(0, 1\], got nan"),
+    ("timeout", "client_timeout: .inf", r"client_timeout: must be a finite number of seconds > 0, got inf"),
+    ("scale", "feddpa_similarity_scale: .nan", r"feddpa_similarity_scale: must be in \[0, 1\], got nan"),
+    ("seed", "training: {seed: 3}", r"training\.seed: not a federated setting: every client's round is seeded "
+                                    r"from the run's top-level seed"),
+    ("section", "training: [1]", r"training: expected a mapping of settings, got list"),
+])
+def test_every_value_is_checked_with_one_line_naming_the_key(tmp_path, key, text, message):
+    p = write(tmp_path, f"model: m\ndata_dir: d\nmethod: fedit\noutput_dir: o\n{text}\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: " + message) as err:
+        FederatedConfig.from_yaml(p)
+    assert "\n" not in str(err.value)
+
+
+def test_a_data_dir_that_does_not_exist_is_named_before_a_model_loads(tmp_path):
+    cfg = FederatedConfig(**{**BASE, "data_dir": str(tmp_path / "nope")}, ranks=[4, 4])
+    with pytest.raises(ConfigError, match=r"data_dir: .*nope does not exist or is not a folder"):
+        cfg.check_data()
+    (tmp_path / "nope").mkdir()
+    (tmp_path / "nope" / "local_training_0.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"lacks local_training_1\.json, test\.jsonl \(the FLAN layout"):
+        cfg.check_data()
+    (tmp_path / "nope" / "local_training_1.json").write_text("[]")
+    (tmp_path / "nope" / "test.jsonl").write_text("")
+    cfg.check_data()
 
 
 def test_fingerprint_ignores_rounds_but_not_the_method():
@@ -112,6 +198,10 @@ def test_feddpa_weighting_options_are_checked_and_kept_out_of_the_fingerprint():
 def test_shipped_configs_parse():
     from pathlib import Path
 
+    import yaml
+
+    from asymlora.federated.config import MOVED_KEYS
+
     root = Path(__file__).resolve().parents[2]
     files = sorted((root / "configs" / "federated").glob("*.yaml")) + sorted(
         (root / "experiments" / "federated" / "cpu").glob("*.yaml"))
@@ -122,3 +212,18 @@ def test_shipped_configs_parse():
             assert cfg.client_ranks == [64, 64, 32, 32, 16, 16, 8, 8] and cfg.d_m == 16
         elif "-hom" in f.stem:
             assert cfg.client_ranks == [8] * 8
+        assert not set(yaml.safe_load(f.read_text())) & set(MOVED_KEYS), f"{f.name} is still flat"
+
+
+def test_docs_name_every_key_of_every_section():
+    import dataclasses
+    from pathlib import Path
+
+    from asymlora.federated.config import SECTION_TYPES
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "federated.md").read_text()
+    section = text[text.index("## The config"):text.index("**Initial adapters")]
+    keys = [f.name for f in dataclasses.fields(FederatedConfig)]
+    keys += [f.name for name, cls in SECTION_TYPES.items() if name != "training" for f in dataclasses.fields(cls)]
+    missing = [k for k in keys if f"`{k}`" not in section]
+    assert not missing, f"docs/federated.md's config section lacks {missing}"

@@ -184,7 +184,7 @@ def test_client_stores_its_sample_and_weights_every_test_instance(tmp_path, mode
         refs = f.get_tensor("references")
     assert refs.shape == (4, 32)                                   # 4 of the 6 training prompts, hidden 32
     model, tok = client._ensure_model(), client._tokenizer
-    template = get_template(cfg.template, tok)
+    template = get_template(cfg.training.template, tok)
     _, test = client.examples()
     reps = torch.cat([prompt_representations(model, torch.tensor([encode_prompt(tok, template, ex)]),
                                              torch.ones(1, len(encode_prompt(tok, template, ex)), dtype=torch.long))

@@ -4,6 +4,8 @@ adapter."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -71,3 +73,46 @@ def test_local_training_leaves_the_process_generators_and_the_model_as_they_were
     model = client._ensure_model()
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert not [p for p in client.store.root.iterdir() if p.is_dir()]   # no Trainer output left behind
+
+
+@pytest.mark.parametrize("method,ranks", [("fedalora", [2, 1]), ("feddpa", [2, 2])])
+def test_the_fast_path_follows_the_plain_one_in_a_client(tmp_path, model_dir, method, ranks):
+    """Packing and the chunked loss, chosen in the training section, change a round's speed, not its
+    curve (float rounding); FedDPA's two phases both take them."""
+    curves, states = [], []
+    for name, fast in (("plain", {}), ("fast", {"packing": True, "loss_chunk_size": 16})):
+        cfg = tiny_config(tmp_path / name, model_dir, method, ranks, n_train=[8, 8], max_local_steps=3,
+                          training={"batch_size": 4, **fast})
+        assert cfg.training.packing == bool(fast)
+        client = FederatedClient(cfg, 0)
+        initial = client.state
+        client.fit(1)
+        curves.append([losses(s.log_history) for s in client.last_train_stats])
+        states.append(client._trained.state)
+    assert len(curves[0]) == (2 if method == "feddpa" else 1) and all(len(c) == 3 for c in curves[0])
+    for plain, fast in zip(*curves):
+        torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-4, atol=1e-5)
+    for k in states[0]:
+        torch.testing.assert_close(states[1][k], states[0][k], rtol=1e-3, atol=1e-5, msg=k)
+    assert any(not torch.equal(states[1][k], initial[k]) for k in initial)      # it trained
+
+
+def test_federate_refuses_bad_values_in_one_line_before_loading_anything(tmp_path, model_dir, capsys, monkeypatch):
+    import yaml
+
+    from asymlora import models
+    from asymlora.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    cfg = tiny_config(tmp_path, model_dir, "fedit", [2, 2])
+    data = cfg.to_dict()
+    for change, message in (({"data_dir": str(tmp_path / "missing")}, "data_dir: .*missing does not exist"),
+                            ({"training": {**data["training"], "learning_rate": float("nan")}},
+                             "training: learning_rate must be a finite number, got nan")):
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump({**data, **change}))
+        assert main(["federate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("asymlora federate: error: ")
+        assert re.search(message, err), err
+        assert not (tmp_path / "out").exists()

@@ -115,8 +115,8 @@ def client_examples(client_id: int, *, data_dir: Optional[str] = None, train_fil
 
 # ---- the client's model ----------------------------------------------------------------------
 def adapter_spec(cfg: FederatedConfig, rank: int, seed: int) -> AdapterSpec:
-    return AdapterSpec(rank=int(rank), alpha=cfg.alpha_of(rank), dropout=float(cfg.lora_dropout),
-                       targets=tuple(cfg.targets), seed=int(seed), d_m=int(cfg.d_m))
+    return AdapterSpec(rank=int(rank), alpha=cfg.alpha_of(rank), dropout=float(cfg.adapter.lora_dropout),
+                       targets=tuple(cfg.adapter.target_modules), seed=int(seed), d_m=int(cfg.d_m))
 
 
 def build_peft_model(base: torch.nn.Module, cfg: FederatedConfig, rank: int, seed: int) -> Any:
@@ -508,7 +508,7 @@ class FederatedClient:
         seed = mix_seed(self.cfg.seed, self.client_id, server_round)
         state = self.method.round_start(self._applied.state, server_round, generator(seed, 0))
         load_adapter_state(model, state)
-        training = self.cfg.training
+        training = self.cfg.training if self.cfg.progress else self.cfg.training.replace(progress=False)
         features, _ = tokenize_examples(train, self._tokenizer, get_template(training.template, self._tokenizer),
                                         cutoff_len=training.cutoff_len, train_on_prompt=training.train_on_prompt)
         trainable = [k for k in self.method.trainable_keys(state) if k in dict(model.named_parameters())]
@@ -541,12 +541,14 @@ class FederatedClient:
 
         model = self._ensure_model()
         test = list(examples) if examples is not None else self.examples()[1]
-        template = get_template(self.cfg.template, self._tokenizer)
+        template = get_template(self.cfg.training.template, self._tokenizer)
+        settings = self.cfg.evaluation
 
         def run() -> Any:
             return evaluate_examples(model, self._tokenizer, test, template=template,
-                                     predictions_path=predictions_path, batch_size=self.cfg.eval_batch_size,
-                                     max_new_tokens=self.cfg.max_new_tokens, progress=False)
+                                     predictions_path=predictions_path, batch_size=settings.batch_size,
+                                     max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
+                                     progress=False)
 
         with self.method.evaluation_context(self) as context:
             result = run()

@@ -104,6 +104,8 @@ def run_federate(args: argparse.Namespace) -> int:
     if args.rounds is not None:
         cfg.rounds = args.rounds
         cfg.validate()
+    if args.engine != "deployment":  # a deployment's nodes name their own files
+        cfg.check_data()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(cfg.output_dir)
     if args.fresh:

@@ -1,40 +1,129 @@
 """The configuration of a federated run: one YAML file, read strictly (an unknown or mistyped key is
 an error, never silently ignored), and the same values flattened into Flower's run config, so the
-in-process engine, the simulation and a real deployment all read one description of the run."""
+in-process engine, the simulation and a real deployment all read one description of the run.
+
+The file reuses the sections of a training or comparison config as they spell them -- `model`,
+`data_dir`, `output_dir`, `adapter:` (target_modules, lora_alpha, lora_dropout), `training:` (the
+keys of `TrainConfig`, for each client's local training in a round) and `evaluation:` (batch_size,
+max_new_tokens, num_beams) -- and adds at the top level only what is federated (method, ranks,
+rounds, sampling, FedDPA's evaluation, the Flower timeouts). Files written before the sections
+existed still load: each moved key goes to its new place with one warning line saying where.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..files import read_settings
-from ..train.config import TrainConfig
+from ..train.config import ConfigError as TrainConfigError
+from ..train.config import TrainConfig, check_value, from_dict_strict
+from .aggregation import AggregationError, AggregationRule
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
-from .aggregation import AggregationError, AggregationRule
 from .algorithms.decomposed import UPLOADS
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
 from .byzantine import Attack
 from .dp import DPSettings
 from .identity import key_map
 
+log = logging.getLogger("asymlora.federated")
 
-class ConfigError(ValueError):
+
+class ConfigError(TrainConfigError):
     """A federated config is unusable; the message names the file and the key."""
 
 
 CLIENT_INITS: tuple[str, ...] = ("shared", "own")
 """How clients draw their initial adapters (`client.initial_adapter_state`): all from the run's seed,
-as if the server had broadcast one, or each from its own seed (the only behaviour before the key
-existed)."""
+as if the server had broadcast one, or each from its own seed."""
+
+SECTIONS: tuple[str, ...] = ("adapter", "training", "evaluation")
+
+MOVED_KEYS: dict[str, tuple[str, str]] = {
+    "targets": ("adapter", "target_modules"),
+    "lora_alpha": ("adapter", "lora_alpha"),
+    "lora_dropout": ("adapter", "lora_dropout"),
+    "lr": ("training", "learning_rate"),
+    "local_epochs": ("training", "num_epochs"),
+    "max_local_steps": ("training", "max_steps"),
+    "batch_size": ("training", "batch_size"),
+    "grad_accum": ("training", "grad_accum"),
+    "weight_decay": ("training", "weight_decay"),
+    "cutoff_len": ("training", "cutoff_len"),
+    "template": ("training", "template"),
+    "max_new_tokens": ("evaluation", "max_new_tokens"),
+    "eval_batch_size": ("evaluation", "batch_size"),
+}
+"""Keys of the flat config files (before the sections) and where they live now."""
+
+NOT_PER_ROUND: dict[str, str] = {
+    "seed": "every client's round is seeded from the run's top-level seed; set seed there",
+    "save_steps": "a round saves no Trainer checkpoint (the client keeps its own state)",
+    "save_total_limit": "a round saves no Trainer checkpoint (the client keeps its own state)",
+}
+"""Training-config keys that mean nothing in a federated round, refused with the reason."""
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+@dataclass
+class AdapterSection:
+    """`adapter:` -- the keys a comparison config's adapter section spells; the rank comes from `ranks`."""
+
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+                                      metadata=_help("adapted modules"))
+    lora_alpha: Optional[float] = field(default=None, metadata=_help("default 2 x rank"))
+    lora_dropout: float = field(default=0.05, metadata=_help("dropout on the adapter input"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        if not self.target_modules:
+            raise ConfigError("target_modules: no modules to adapt")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ConfigError(f"lora_alpha: must be a finite number > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:  # NaN fails this too
+            raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+
+
+@dataclass
+class LocalTraining(TrainConfig):
+    """`training:` -- a training config's keys, for one client's local training in one round. The
+    defaults differ where a round differs from a whole run: one epoch, a constant learning rate (a
+    fresh schedule every round), the loss logged at every step."""
+
+    learning_rate: float = 5e-4
+    num_epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr_scheduler: str = "constant"
+    logging_steps: int = 1
+
+
+@dataclass
+class Evaluation:
+    """`evaluation:` -- generation on each client's test set (the keys of a comparison config's)."""
+
+    batch_size: int = field(default=8, metadata=_help("generation batch size"))
+    max_new_tokens: int = field(default=32, metadata=_help("generation length"))
+    num_beams: int = field(default=1, metadata=_help("beam search width (1: greedy)"))
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "num_beams"):
+            _positive_int(getattr(self, name), name)
+
+
+SECTION_TYPES: dict[str, type] = {"adapter": AdapterSection, "training": LocalTraining, "evaluation": Evaluation}
 
 
 @dataclass
@@ -45,6 +134,10 @@ class FederatedConfig:
     data_dir: str = field(metadata=_help("FLAN layout: local_training_{i}.json per client and test.jsonl"))
     method: str = field(metadata=_help(f"one of {', '.join(METHOD_NAMES)}"))
     output_dir: str = field(metadata=_help("results, server checkpoints, plots"))
+    adapter: AdapterSection = field(default_factory=AdapterSection, metadata=_help("section: the adapter"))
+    training: LocalTraining = field(default_factory=LocalTraining,
+                                    metadata=_help("section: each client's local training per round"))
+    evaluation: Evaluation = field(default_factory=Evaluation, metadata=_help("section: generation at evaluation"))
     ranks: list[int] = field(default_factory=lambda: [8],
                              metadata=_help("one rank per client, or one rank for every client"))
     num_clients: Optional[int] = field(default=None, metadata=_help("clients, when `ranks` has one value"))
@@ -54,22 +147,11 @@ class FederatedConfig:
     upload: str = field(
         default="factors", metadata=_help("the decomposition's upload: factors (B1, B2 as in the paper), product "
                                           "(B2 B1, d_out x d_m), auto (whichever is smaller for each client's rank)"))
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata=_help("adapted modules"))
-    lora_alpha: Optional[float] = field(default=None, metadata=_help("default 2 x rank"))
-    lora_dropout: float = field(default=0.05, metadata=_help("dropout on the adapter input"))
     rounds: int = field(default=10, metadata=_help("communication rounds"))
-    local_epochs: float = field(default=1.0, metadata=_help("local epochs per round"))
-    max_local_steps: Optional[int] = field(default=None, metadata=_help("cap on optimiser steps per round"))
-    batch_size: int = field(default=8, metadata=_help("local batch size"))
-    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
-    lr: float = field(default=5e-4, metadata=_help("AdamW learning rate"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    cutoff_len: int = field(default=256, metadata=_help("tokens per training example"))
-    template: str = field(default="alpaca_short", metadata=_help("prompt template name or JSON path"))
     fraction: float = field(default=1.0, metadata=_help("fraction of clients sampled per round"))
     min_clients: int = field(default=1, metadata=_help("valid updates needed to aggregate a round"))
     client_timeout: Optional[float] = field(default=None, metadata=_help("seconds; a later reply is dropped"))
-    seed: int = field(default=0, metadata=_help("initialisation, sampling and data order"))
+    seed: int = field(default=0, metadata=_help("initialisation, sampling, data order and each round's training"))
     client_init: str = field(
         default="shared", metadata=_help("shared: every client starts from one initial adapter (drawn from the seed, "
                                          "as if the server had broadcast it; a smaller rank takes a prefix of the "
@@ -77,8 +159,6 @@ class FederatedConfig:
     max_train_examples: Optional[int] = field(default=None, metadata=_help("per client, first N"))
     max_eval_examples: Optional[int] = field(default=None, metadata=_help("per client and task, first N"))
     eval_every: int = field(default=1, metadata=_help("evaluate every N rounds (the last always)"))
-    max_new_tokens: int = field(default=32, metadata=_help("generation length at evaluation"))
-    eval_batch_size: int = field(default=8, metadata=_help("generation batch size"))
     feddpa_weighting: str = field(
         default="dynamic", metadata=_help("FedDPA at evaluation: dynamic (each test instance weights the global and "
                                           "local adapters by its similarity to the client's data) or fixed (1 and 1)"))
@@ -88,7 +168,9 @@ class FederatedConfig:
         default=DEFAULT_SIMILARITY_SCALE, metadata=_help("FedDPA: local weight = this x mean cosine similarity"))
     state_dir: Optional[str] = field(default=None, metadata=_help("clients' private state; default output_dir/clients"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:0, ..."))
-    progress: bool = field(default=True, metadata=_help("tqdm progress bars"))
+    progress: bool = field(default=True, metadata=_help("tqdm progress bars of the rounds"))
+    round_timeout: float = field(default=3600.0, metadata=_help("Flower: seconds to wait for replies"))
+    connect_timeout: float = field(default=600.0, metadata=_help("Flower: seconds to wait for the nodes"))
     aggregation: str = field(default="fedavg", metadata=_help(
         "how the server combines uploads: fedavg | median | trimmed_mean | krum | multikrum | bulyan "
         "(Flower's functions; not for FLoRA, ZeroPadding or uploaded factors)"))
@@ -111,14 +193,19 @@ class FederatedConfig:
     connect_timeout: float = field(default=600.0, metadata=_help("Flower: seconds to wait for all nodes"))
 
     def __post_init__(self) -> None:
-        if isinstance(self.ranks, int):
+        if isinstance(self.ranks, int) and not isinstance(self.ranks, bool):
             self.ranks = [self.ranks]
-        if isinstance(self.targets, str):
-            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        for name, cls in SECTION_TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                setattr(self, name, _section(cls, value, name))
+            elif not isinstance(value, cls):
+                raise ConfigError(f"{name}: expected a mapping of settings, got {type(value).__name__}")
         self.validate()
 
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> None:
+        """Every value, before anything loads; a problem is one ConfigError naming the key."""
         if self.method not in METHOD_NAMES:
             raise ConfigError(f"method: unknown federated method {self.method!r}; known: {', '.join(METHOD_NAMES)}")
         if not isinstance(self.ranks, list) or not self.ranks or any(
@@ -128,22 +215,17 @@ class FederatedConfig:
             _positive_int(self.num_clients, "num_clients")
             if len(self.ranks) not in (1, self.num_clients):
                 raise ConfigError(f"ranks: {len(self.ranks)} ranks given for num_clients {self.num_clients}")
-        for name in ("d_m", "rounds", "batch_size", "grad_accum", "cutoff_len", "min_clients", "eval_every",
-                     "max_new_tokens", "eval_batch_size", "feddpa_reference_size"):
+        for name in ("d_m", "rounds", "min_clients", "eval_every", "feddpa_reference_size"):
             _positive_int(getattr(self, name), name)
-        for name in ("max_local_steps", "max_train_examples", "max_eval_examples"):
+        for name in ("max_train_examples", "max_eval_examples"):
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), name)
         if not (0.0 < float(self.fraction) <= 1.0):
             raise ConfigError(f"fraction: must be in (0, 1], got {self.fraction!r}")
-        if float(self.local_epochs) <= 0:
-            raise ConfigError(f"local_epochs: must be > 0, got {self.local_epochs!r}")
-        if float(self.lr) <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr!r}")
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
-        if self.client_timeout is not None and float(self.client_timeout) <= 0:
-            raise ConfigError(f"client_timeout: must be > 0 seconds, got {self.client_timeout!r}")
+        for name in ("client_timeout", "round_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(float(value)) and float(value) > 0):
+                raise ConfigError(f"{name}: must be a finite number of seconds > 0, got {value!r}")
         if self.client_init not in CLIENT_INITS:
             raise ConfigError(f"client_init: expected one of {', '.join(CLIENT_INITS)}, got {self.client_init!r}")
         if self.upload not in UPLOADS:
@@ -155,10 +237,11 @@ class FederatedConfig:
             raise ConfigError(f"feddpa_weighting: expected one of {', '.join(WEIGHTINGS)}, got {self.feddpa_weighting!r}")
         if not 0.0 <= float(self.feddpa_similarity_scale) <= 1.0:
             raise ConfigError(f"feddpa_similarity_scale: must be in [0, 1], got {self.feddpa_similarity_scale!r}")
-        if not self.targets:
-            raise ConfigError("targets: no modules to adapt")
         if self.min_clients > self.n_clients:
             raise ConfigError(f"min_clients {self.min_clients} exceeds the {self.n_clients} clients of the run")
+        if self.method == "feddpa" and self.feddpa_weighting == "dynamic" and self.evaluation.num_beams > 1:
+            raise ConfigError("evaluation.num_beams: FedDPA's dynamic weighting scores each prompt once, without "
+                              "beams; set num_beams: 1 or feddpa_weighting: fixed")
         try:
             method = self.make_method()
         except ValueError as exc:
@@ -260,6 +343,20 @@ class FederatedConfig:
 
         return min(self.n_clients, max(self.min_clients, math.ceil(self.fraction * self.n_clients - 1e-9), 1))
 
+    def check_data(self) -> None:
+        """`data_dir` holds every client's training file and the test file: checked before a model
+        loads wherever the clients read `data_dir` (not on a deployment's server, whose nodes name
+        their own files)."""
+        root = Path(self.data_dir)
+        if not root.is_dir():
+            raise ConfigError(f"data_dir: {root} does not exist or is not a folder")
+        missing = [f"local_training_{i}.json" for i in range(self.n_clients)
+                   if not (root / f"local_training_{i}.json").is_file()]
+        if not (root / "test.jsonl").is_file() and not (root / "test.json").is_file():
+            missing.append("test.jsonl")
+        if missing:
+            raise ConfigError(f"data_dir: {root} lacks {', '.join(missing)} (the FLAN layout, one file per client)")
+
     # ---- derived -------------------------------------------------------------------------
     @property
     def n_clients(self) -> int:
@@ -281,18 +378,8 @@ class FederatedConfig:
             return bool(self.heterogeneous)
         return len(set(self.client_ranks)) > 1
 
-    @property
-    def training(self) -> TrainConfig:
-        """The settings of a client's local training, as a training config spells them."""
-        return TrainConfig(
-            learning_rate=float(self.lr), num_epochs=float(self.local_epochs),
-            max_steps=self.max_local_steps if self.max_local_steps is not None else -1,
-            batch_size=self.batch_size, grad_accum=self.grad_accum, cutoff_len=self.cutoff_len,
-            weight_decay=float(self.weight_decay), lr_scheduler="constant", template=self.template,
-            seed=self.seed, progress=self.progress, logging_steps=1)
-
     def alpha_of(self, rank: int) -> float:
-        return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * rank
+        return float(self.adapter.lora_alpha) if self.adapter.lora_alpha is not None else 2.0 * rank
 
     def make_method(self, rank: Optional[int] = None) -> FederatedMethod:
         """The algorithm object; FLoRA folds the client's alpha/r into the B it uploads."""
@@ -315,13 +402,9 @@ class FederatedConfig:
         return Path(self.state_dir) if self.state_dir else Path(self.output_dir) / "clients"
 
     def fingerprint(self) -> str:
-        """What a checkpoint must agree with to be resumed (run-shaping fields only; `upload` is not
-        one: its forms give the same aggregate, so a run may switch between them and resume).
-
-        `client_init` shapes the run, so it counts, except as `own`: runs from before the key
-        existed drew their clients' adapters that way, and keep their fingerprints (and resume) once
-        their config says `client_init: own`. Such a run is never resumed as `shared`, which would
-        label it with an initialisation it did not have (`resume_hint` says what to add)."""
+        """What a checkpoint must agree with to be resumed: the settings that shape the run's
+        trajectory (not where it writes, how long it waits, what it shows or how it evaluates; nor
+        `upload`: its forms give the same aggregate, so a run may switch between them and resume)."""
         return _fingerprint(self.to_dict())
 
     def resume_hint(self, stored: Any) -> str:
@@ -329,19 +412,23 @@ class FederatedConfig:
         `client_init`; "" otherwise."""
         for other in CLIENT_INITS:
             if other != self.client_init and stored == _fingerprint({**self.to_dict(), "client_init": other}):
-                return (f"; it was started with client_init: {other}"
-                        + (" (as every run before that key existed)" if other == "own" else "")
-                        + f", this config says {self.client_init}: set client_init: {other} to resume it")
+                return (f"; it was started with client_init: {other}, this config says {self.client_init}: "
+                        f"set client_init: {other} to resume it")
         return ""
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The YAML layout: top-level federated keys, and one mapping per section."""
+        out = dataclasses.asdict(self)
+        for key in NOT_PER_ROUND:
+            out["training"].pop(key)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "FederatedConfig":
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+        data = _move_flat_keys(dict(data), source)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -351,7 +438,15 @@ class FederatedConfig:
                          and n not in data)
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {missing}")
-        values = {k: _coerce(k, v, source) for k, v in data.items()}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTION_TYPES:
+                values[key] = _section(SECTION_TYPES[key], value if value is not None else {}, f"{source}: {key}")
+            elif key == "ranks" and isinstance(value, int) and not isinstance(value, bool):
+                values[key] = [value]
+            else:
+                values[key] = check_value(value, hints[key], f"{source}: {key}")
         try:
             return cls(**values)
         except ConfigError as exc:
@@ -373,32 +468,95 @@ class FederatedConfig:
         return cfg
 
     def to_run_config(self) -> dict[str, Union[str, int, float, bool]]:
-        """Flower's run config holds scalars only: lists become comma-separated strings, None "" ."""
+        """Flower's run config holds scalars only: a section's keys become `section.key`, lists
+        comma-separated strings, mappings JSON, None "" ."""
         out: dict[str, Union[str, int, float, bool]] = {}
-        for k, v in self.to_dict().items():
-            if isinstance(v, dict):
-                v = json.dumps(v, sort_keys=True)
-            elif isinstance(v, list):
-                v = ",".join(str(x) for x in v)
-            elif v is None:
-                v = ""
-            out[k] = v
+        for key, value in self.to_dict().items():
+            items = value.items() if key in SECTION_TYPES else [(None, value)]
+            for sub, v in items:
+                if isinstance(v, list):
+                    v = ",".join(str(x) for x in v)
+                elif isinstance(v, dict):
+                    v = json.dumps(v, sort_keys=True)
+                elif v is None:
+                    v = ""
+                out[key if sub is None else f"{key}.{sub}"] = v
         return out
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], source: str = "run config") -> "FederatedConfig":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
         data: dict[str, Any] = {}
-        for k, v in run_config.items():
-            if k in fields and v == "" and k not in ("model", "data_dir", "method", "output_dir"):
-                data[k] = None
-            elif k in ("byzantine", "dp", "node_keys", "secagg") and isinstance(v, str):
-                data[k] = json.loads(v)
-            elif k in ("ranks",) and isinstance(v, str):
-                data[k] = [int(x) for x in v.split(",") if x.strip()]
+        top_hints = typing.get_type_hints(cls)
+        for key, value in run_config.items():
+            section, _, sub = key.partition(".")
+            if sub and section in SECTION_TYPES:
+                hint = typing.get_type_hints(SECTION_TYPES[section]).get(sub)
+                data.setdefault(section, {})[sub] = _from_scalar(value, hint)
             else:
-                data[k] = v
+                data[key] = _from_scalar(value, top_hints.get(key))
         return cls.from_dict(data, source=source)
+
+
+def _section(cls: type, value: Any, where: str) -> Any:
+    """One section from its mapping, strictly; errors name `where.key`."""
+    if isinstance(value, Mapping) and cls is LocalTraining:
+        refused = sorted(set(value) & set(NOT_PER_ROUND))
+        if refused:
+            raise ConfigError(f"{where}.{refused[0]}: not a federated setting: {NOT_PER_ROUND[refused[0]]}")
+    try:
+        return from_dict_strict(cls, dict(value) if isinstance(value, Mapping) else value, where)
+    except TrainConfigError as exc:  # a section's own check names the key, not yet the section
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def _move_flat_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A flat (pre-section) file's keys moved to their sections, each with one warning line."""
+    for old, (section, new) in MOVED_KEYS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        block = data.get(section)
+        block = dict(block) if isinstance(block, Mapping) else {} if block is None else block
+        if not isinstance(block, dict):
+            raise ConfigError(f"{source}: {section}: expected a mapping of settings, got {type(block).__name__}")
+        if new in block:
+            raise ConfigError(f"{source}: {old} and {section}.{new} are both given; {old} moved to "
+                              f"{section}.{new}: remove {old}")
+        if old == "max_local_steps" and value is None:
+            value = -1
+        block[new] = value
+        data[section] = block
+        log.warning("%s: `%s` moved to `%s.%s`; it still works here, write it there", source, old, section, new)
+    return data
+
+
+def _from_scalar(value: Any, hint: Any) -> Any:
+    """Undo `to_run_config` for one value, by the type the field declares."""
+    if not isinstance(value, str) or hint is None:
+        return value
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if value == "" and type(None) in args:
+        return None
+    kinds = [typing.get_origin(a) or a for a in (args or (hint,))] if origin is Union else [origin or hint]
+    if dict in kinds:
+        return json.loads(value) if value else {}
+    if list in kinds and (str not in kinds or "," in value):
+        inner = typing.get_args(hint if origin is list else next(a for a in args if typing.get_origin(a) is list))
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        if inner and inner[0] is int:
+            try:
+                return [int(x) for x in items]
+            except ValueError:
+                return value  # the strict check names the key
+        return items
+    if float in kinds and str not in kinds:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 SECAGG_DEFAULTS: dict[str, float] = {"clipping_range": 8.0, "quantization_range": 4194304,
@@ -411,44 +569,16 @@ _ADDED_LATER: dict[str, Any] = {"aggregation": "fedavg", "trim_fraction": 0.2, "
 def _fingerprint(values: Mapping[str, Any]) -> str:
     keep = {k: v for k, v in values.items()
             if k not in ("output_dir", "state_dir", "progress", "device", "round_timeout", "connect_timeout",
-                         "rounds", "eval_every", "client_timeout", "node_keys", "upload")
-            and not k.startswith("feddpa_")}  # evaluation-only; also keeps older runs' fingerprints
-    if keep["client_init"] == "own":
-        del keep["client_init"]
+                         "rounds", "eval_every", "client_timeout", "node_keys", "upload", "evaluation")
+            and not k.startswith("feddpa_")}  # evaluation-only
     for key, default in _ADDED_LATER.items():   # at their defaults they leave older runs' fingerprints alone
         if keep.get(key, default) == default:
             keep.pop(key, None)
+    keep["training"] = {k: v for k, v in keep["training"].items()
+                        if k not in ("progress", "report_to", "logging_steps", *NOT_PER_ROUND)}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """YAML and Flower's run config give ints where floats are meant and strings for lists."""
-    if key in ("lr", "weight_decay", "local_epochs", "fraction", "lora_dropout", "lora_alpha", "client_timeout",
-               "round_timeout", "connect_timeout", "feddpa_similarity_scale", "trim_fraction"):
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
-        return float(value)
-    if key == "ranks" and isinstance(value, str):
-        try:
-            return [int(x) for x in value.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"{source}: ranks: expected integers, got {value!r}") from None
-    if key == "targets" and isinstance(value, str):
-        return [t.strip() for t in value.split(",") if t.strip()]
-    if key in ("model", "data_dir", "method", "output_dir", "template", "device", "state_dir",
-               "feddpa_weighting", "client_init", "aggregation", "upload") and value is not None \
-            and not isinstance(value, str):
-        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
-    return value

@@ -193,7 +193,7 @@ def client_references(client: Any, size: int) -> torch.Tensor:
     train, _ = client.examples()
     k = min(int(size), len(train))
     chosen = sorted(torch.randperm(len(train), generator=generator(client.cfg.seed, client.client_id, 7))[:k].tolist())
-    settings = {"representation": REPRESENTATION, "model": client.cfg.model, "template": client.cfg.template,
+    settings = {"representation": REPRESENTATION, "model": client.cfg.model, "template": client.cfg.training.template,
                 "examples": [train[i].id for i in chosen]}
     if path.exists():
         tensors, meta = read_safetensors(path)
@@ -205,8 +205,8 @@ def client_references(client: Any, size: int) -> torch.Tensor:
             client._feddpa_references = tensors["references"]
             return client._feddpa_references
     model = client.live_model()
-    refs = reference_representations(model, client.tokenizer, get_template(client.cfg.template, client.tokenizer),
-                                     [train[i] for i in chosen], batch_size=client.cfg.eval_batch_size)
+    refs = reference_representations(model, client.tokenizer, get_template(client.cfg.training.template, client.tokenizer),
+                                     [train[i] for i in chosen], batch_size=client.cfg.evaluation.batch_size)
     atomic_save({"references": refs}, path, {"identity": client.store.identity, "settings": settings})
     client._feddpa_references = refs
     return refs

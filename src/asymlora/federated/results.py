@@ -24,7 +24,7 @@ def model_config_dict(cfg: FederatedConfig) -> dict[str, Any]:
 def formula_comm(cfg: FederatedConfig, model_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """comm_cost for this run's model, targets, method and ranks (per client per round)."""
     model_config = model_config if model_config is not None else model_config_dict(cfg)
-    report = comm_cost(model_config, cfg.targets, cfg.method, cfg.client_ranks,
+    report = comm_cost(model_config, cfg.adapter.target_modules, cfg.method, cfg.client_ranks,
                        dm=cfg.d_m if cfg.uses_decomposition else None, num_clients=cfg.n_clients,
                        upload=cfg.upload)
     return {"total_params": report.total_params, "wire_total_params": report.wire_total_params,
