@@ -29,36 +29,15 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from throughput import SMOLLM2, StepTimer  # benchmarks/throughput.py, beside this script
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True)
 PATHS = {False: {}, True: {"packing": True, "loss_chunk_size": 4096}}
 RANK, TARGETS = 8, ["q_proj", "v_proj"]
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._t = 0.0
-
-    @staticmethod
-    def _sync() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._sync()
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._sync()
-        self.times.append(time.perf_counter() - self._t)
 
 
 class LoadState(TrainerCallback):

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from asymlora.federated.client import FederatedClient, load_adapter_state, mix_seed
 from asymlora.federated.local_training import trainer_seed
 from asymlora.models import load_model
-from asymlora.train import TrainConfig, train
+from asymlora.train import train
 
 from .runtime_helpers import tiny_config
 

@@ -446,7 +446,10 @@ class FederatedConfig:
             elif key == "ranks" and isinstance(value, int) and not isinstance(value, bool):
                 values[key] = [value]
             else:
-                values[key] = check_value(value, hints[key], f"{source}: {key}")
+                try:
+                    values[key] = check_value(value, hints[key], f"{source}: {key}")
+                except TrainConfigError as exc:
+                    raise ConfigError(str(exc)) from None
         try:
             return cls(**values)
         except ConfigError as exc:
