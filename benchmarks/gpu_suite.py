@@ -176,8 +176,14 @@ def federated_config(sizes: Sizes, data: Path, work: Path, run: str) -> dict[str
     cfg = load_yaml(ROOT / "configs" / "federated" / f"flan8-{run}.yaml")
     set_key(cfg, "data_dir", str(data / "flan8-federated"))
     set_key(cfg, "output_dir", str(work / "runs" / "federated" / run))
+    from asymlora.federated.config import MOVED_KEYS  # flat names of the keys now in sections
+
     for key, value in sizes.federated.items():
-        set_key(cfg, key, value)
+        if key in MOVED_KEYS:
+            section, key = MOVED_KEYS[key]
+            cfg.setdefault(section, {})[key] = value
+        else:
+            set_key(cfg, key, value)
     if sizes.fed_clients is not None:
         ranks = find_key(cfg, "ranks")
         if isinstance(ranks, list) and len(ranks) > 1:
