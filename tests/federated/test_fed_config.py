@@ -227,3 +227,19 @@ def test_docs_name_every_key_of_every_section():
     keys += [f.name for name, cls in SECTION_TYPES.items() if name != "training" for f in dataclasses.fields(cls)]
     missing = [k for k in keys if f"`{k}`" not in section]
     assert not missing, f"docs/federated.md's config section lacks {missing}"
+
+
+def test_a_dolly_style_global_test_file_is_found(tmp_path, model_dir):
+    from asymlora.federated.client import client_examples
+
+    from .runtime_helpers import tiny_config
+
+    cfg = tiny_config(tmp_path, model_dir, "fedit", [2, 2])
+    data = tmp_path / "data"
+    (data / "test.jsonl").rename(data / "global_test.jsonl")
+    cfg.check_data()
+    train, test = client_examples(0, data_dir=str(data))
+    assert train and test and all(ex.task == train[0].task for ex in test)
+    (data / "global_test.jsonl").unlink()
+    with pytest.raises(Exception, match=r"lacks a test file \(test.jsonl, test.json or global_test.json\)"):
+        cfg.check_data()

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from ..data.records import Example, load_examples
+from ..data.records import Example, load_examples, split_file
 from ..data.templates import get_template
 from ..data.tokenize import tokenize_examples
 from ..files import atomic_path
@@ -94,7 +94,7 @@ def client_examples(client_id: int, *, data_dir: Optional[str] = None, train_fil
     if test_file is None:
         if root is None:
             raise ValueError(f"client {client_id}: neither data_dir nor test_file is given")
-        test_file = str(root / "test.jsonl") if (root / "test.jsonl").exists() else str(root / "test.json")
+        test_file = str(split_file(root, "test"))   # test.jsonl, test.json, global_test.json (Dolly's layout)...
     train = load_examples(train_file)
     if not train:
         raise ValueError(f"client {client_id}: {train_file} holds no records")

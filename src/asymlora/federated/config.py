@@ -352,8 +352,10 @@ class FederatedConfig:
             raise ConfigError(f"data_dir: {root} does not exist or is not a folder")
         missing = [f"local_training_{i}.json" for i in range(self.n_clients)
                    if not (root / f"local_training_{i}.json").is_file()]
-        if not (root / "test.jsonl").is_file() and not (root / "test.json").is_file():
-            missing.append("test.jsonl")
+        from ..data.records import split_file
+
+        if split_file(root, "test", required=False) is None:
+            missing.append("a test file (test.jsonl, test.json or global_test.json)")
         if missing:
             raise ConfigError(f"data_dir: {root} lacks {', '.join(missing)} (the FLAN layout, one file per client)")
 
