@@ -89,3 +89,20 @@ def test_bad_method_or_ranks_exit_from_argparse(config, argv, message, capsys):
         run(["comm", "--model", config] + argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_comm_imports_no_torch(tmp_path):
+    """`asymlora comm` reads a config and counts: it starts without torch, transformers or peft."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+                               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}))
+    code = ("import sys; from asymlora.cli import main; "
+            f"rc = main(['comm', '--model', {str(cfg)!r}, '--method', 'fedalora', '--ranks', '8', '--json']); "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules); "
+            "print(rc, heavy, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "0 []", proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["total_params"] > 0

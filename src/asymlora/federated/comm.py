@@ -28,12 +28,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..files import read_settings
-from .algorithms.decomposed import UPLOADS, sends_product
+
+if TYPE_CHECKING:
+    import torch
+
+UPLOADS: tuple[str, ...] = ("factors", "product", "auto")
+"""What a decomposed client sends (`algorithms.decomposed`): the factors, their product, or the
+smaller of the two for its rank."""
+
+
+def sends_product(upload: str, product_params: int, factor_params: int) -> bool:
+    """Whether a module is uploaded as its product under `upload` (auto: when no larger)."""
+    return upload == "product" or (upload == "auto" and product_params <= factor_params)
 
 KNOWN_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 COMM_METHODS: tuple[str, ...] = ("fedit", "feddpa", "fedsa", "fedalora", "zeropadding", "flora")

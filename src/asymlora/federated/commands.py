@@ -7,8 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .algorithms.decomposed import UPLOADS
-from .comm import COMM_METHODS, KNOWN_MODULES, comm_cost, format_table
+from .comm import UPLOADS, COMM_METHODS, KNOWN_MODULES, comm_cost, format_table
 
 
 def _int_list(text: str) -> list[int]:

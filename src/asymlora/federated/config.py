@@ -28,7 +28,7 @@ from ..train.config import TrainConfig, check_value, from_dict_strict
 from .aggregation import AggregationError, AggregationRule
 from .algorithms import METHOD_NAMES, build_method
 from .algorithms.base import FederatedMethod
-from .algorithms.decomposed import UPLOADS
+from .comm import UPLOADS
 from .algorithms.feddpa import DEFAULT_SIMILARITY_SCALE, WEIGHTINGS
 from .byzantine import Attack
 from .dp import DPSettings

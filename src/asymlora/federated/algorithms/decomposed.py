@@ -33,14 +33,11 @@ import torch
 
 from ..keys import StateDict, describe_keys, group_by_module, parse_key, select, with_role
 from .base import AdapterSpec, FederatedMethod, Shape, example_weights, kaiming_uniform, weighted_mean
+from ..comm import UPLOADS, sends_product
 from .payloads import RUNNING_TOTAL
 
-UPLOADS: tuple[str, ...] = ("factors", "product", "auto")
 
 
-def sends_product(upload: str, product_params: int, factor_params: int) -> bool:
-    """Whether a module is uploaded as its product under `upload` (auto: when no larger)."""
-    return upload == "product" or (upload == "auto" and product_params <= factor_params)
 
 
 class _Decomposed(FederatedMethod):
