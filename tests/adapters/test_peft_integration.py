@@ -71,6 +71,7 @@ def test_export_at_fixed_gate_loads_in_vanilla_peft_and_reproduces_logits(tmp_pa
     export_lora(model, tmp_path / "lora", gate=gate)
     cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
+    assert json.loads((tmp_path / "lora" / "asymlora_export.json").read_text())["gate"] == pytest.approx(gate)
     lora = peft.PeftModel.from_pretrained(tiny_llama(seed=0), str(tmp_path / "lora")).eval()
     assert isinstance(lora.base_model, peft.LoraModel)
     with torch.no_grad():
@@ -83,6 +84,8 @@ def test_export_with_measured_mean_gates_matches_per_layer_fixed_gates(tmp_path,
     gates = mean_gates(model, batches)
     assert len(gates) == 4 and all(torch.allclose(g.sum(), torch.tensor(1.0)) for g in gates.values())
     export_lora(model, tmp_path / "lora", gate=gates)
+    recorded = json.loads((tmp_path / "lora" / "asymlora_export.json").read_text())["gate"]
+    assert recorded.keys() == gates.keys() and all(recorded[k] == pytest.approx(gates[k].tolist()) for k in gates)
     for name, layer in iter_adapter_layers(model):
         layer.set_fixed_gate("default", gates[name])
     with torch.no_grad():

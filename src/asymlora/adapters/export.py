@@ -95,6 +95,16 @@ def lora_state_dict(model: nn.Module, adapter_name: str = "default", gate: Gate 
     return state, ranks.pop(), scalings.pop()
 
 
+def _gate_record(gate: Gate) -> object:
+    """The gate an export was made at, as JSON: one vector, per-layer vectors, or the layers' fixed gates."""
+    as_list = lambda g: [float(x) for x in (g.tolist() if hasattr(g, "tolist") else g)]  # noqa: E731
+    if gate is None:
+        return "each layer's fixed gate"
+    if isinstance(gate, dict):
+        return {str(k): as_list(v) for k, v in gate.items()}
+    return as_list(gate)
+
+
 def export_lora(model: nn.Module, out_dir: Union[str, Path], gate: Gate = None,
                 adapter_name: str = "default") -> Path:
     """Write `model`'s adapter as a plain PEFT LoRA directory (adapter_config.json +
@@ -130,7 +140,8 @@ def export_lora(model: nn.Module, out_dir: Union[str, Path], gate: Gate = None,
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         lora_config.save_pretrained(str(tmp))
         (tmp / "asymlora_export.json").write_text(json.dumps(
-            {"source_method": str(config.peft_type.value), "adapter_name": adapter_name, "rank": rank}, indent=2))
+            {"source_method": str(config.peft_type.value), "adapter_name": adapter_name, "rank": rank,
+             "gate": _gate_record(gate)}, indent=2))
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

@@ -138,11 +138,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="a task folder (FLAN or LLM-Adapters layout)")
     p.add_argument("--data", action="append", default=[], metavar="[TASK=]FILE",
                    help="a JSON/JSONL file (repeatable); TASK= names its task when records carry none")
-    p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--max-per-task", type=int, default=50)
+    p.add_argument("--split", default="test", choices=("train", "test"),
+                   help="which split of --data-dir to map (default: %(default)s)")
+    p.add_argument("--max-per-task", type=int, default=50, help="prompts per task (default: %(default)s)")
     p.add_argument("--layer", default=None, help="routed layer to map (default: the last one, as in the paper)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--cutoff-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: %(default)s)")
+    p.add_argument("--cutoff-len", type=int, default=256, help="tokens kept per prompt (default: %(default)s)")
     p.add_argument("--out", default="runs/analysis/gates", help="output directory (default: %(default)s)")
     p.set_defaults(func=_gates)
     return analyze
