@@ -167,7 +167,7 @@ def test_a_data_dir_that_does_not_exist_is_named_before_a_model_loads(tmp_path):
         cfg.check_data()
     (tmp_path / "nope").mkdir()
     (tmp_path / "nope" / "local_training_0.json").write_text("[]")
-    with pytest.raises(ConfigError, match=r"lacks local_training_1\.json, test\.jsonl \(the FLAN layout"):
+    with pytest.raises(ConfigError, match=r"lacks local_training_1\.json, a test file \(test\.jsonl, test\.json or global_test\.json\) \(the FLAN layout"):
         cfg.check_data()
     (tmp_path / "nope" / "local_training_1.json").write_text("[]")
     (tmp_path / "nope" / "test.jsonl").write_text("")
