@@ -120,6 +120,7 @@ class FederatedStrategy(Strategy):
             self.state.combine = DPCombine(self.dp, clip_norm=self.state.dp_clip_norm)
         self.expected = upload_pattern(cfg)
         self.sizes = partition_sizes(cfg)
+        self.node_keys = cfg.node_key_map   # read the key files once, not at every claim
         self.on_phase = on_phase
         self.nodes: dict[int, int] = {}      # node id -> partition id
         self._sent: dict[int, int] = {}      # node id -> partition id (-1: not known yet), this round
@@ -186,9 +187,8 @@ class FederatedStrategy(Strategy):
             log.error("node %d claims partition %r; the run has clients 0..%d: refused", node, partition,
                       self.cfg.n_clients - 1)
             return None
-        keys = self.cfg.node_key_map
-        if keys:
-            owner = keys.get(self._node_key(grid, node))
+        if self.node_keys:
+            owner = self.node_keys.get(self._node_key(grid, node))
             if owner != pid:
                 log.error("node %d claims partition %d but %s: refused", node, pid,
                           "presents no registered key" if owner is None else f"its key belongs to partition {owner}")
