@@ -4,13 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}   # another interpreter: PY=/path/to/python bash experiments/federated/run_cpu.sh
 mkdir -p experiments/federated/results experiments/federated/runs
 [ -f experiments/federated/results/base.json ] || $PY experiments/federated/base_scores.py experiments/federated/cpu/fedit-hom.yaml
-for name in ${RUNS:-fedalora-hom fedsa-hom fedit-hom fedit-hom-shared feddpa-hom fedalora-het fedsa-het zeropadding-het flora-het}; do
+for name in ${RUNS:-fedalora-hom fedsa-hom fedit-hom feddpa-hom fedalora-het fedalora-het-product fedsa-het zeropadding-het flora-het}; do
   start=$(date +%s)
-  .venv/bin/asymlora federate experiments/federated/cpu/$name.yaml --engine local > experiments/federated/runs/$name.log 2>&1
+  $PY -m asymlora federate experiments/federated/cpu/$name.yaml --engine local > experiments/federated/runs/$name.log 2>&1
   mkdir -p experiments/federated/results/$name
   cp experiments/federated/runs/$name/results.{json,md} experiments/federated/runs/$name/scores.png experiments/federated/results/$name/
-  echo "$name done in $(( $(date +%s) - start )) s"
+  echo "$name done in $(( $(date +%s) - start )) s" | tee -a experiments/federated/results/wall_times.txt
 done
