@@ -209,6 +209,24 @@ def test_packing_collator_fills_rows_first_fit_decreasing():
     assert tail["labels"].tolist() == [[-100, 8, 9, -100, -100, -100]]
 
 
+def test_packing_balances_rows_when_no_two_examples_fit_beside_the_longest():
+    # eight examples of similar length (flan8-federated's first batch): one per row would be 8 x 72 = 576
+    # tokens. Longest first to the least-filled of two rows: 71 | 62, 60 -> 122 | 53 -> 124 | 50 -> 172 |
+    # 50 -> 174 | 47 -> 219 | 46 -> 220: rows {2, 3, 6, 1} (220) and {0, 7, 4, 5} (219), 2 x 224 tokens
+    lengths = [62, 46, 71, 53, 50, 47, 50, 60]
+    c = PackingCollator(pad_token_id=0, row_len=256)
+    length, rows = c.layout(lengths)
+    assert (length, sorted(sorted(r) for r in rows)) == (224, [[0, 4, 5, 7], [1, 2, 3, 6]])
+    assert sorted(sum(lengths[i] for i in r) for r in rows) == [219, 220]
+    feats = [{"input_ids": [1] * n, "labels": [1] * n, "task_id": 0} for n in lengths]
+    assert c(feats)["input_ids"].shape == (2, 224)
+    # attention weighs long rows: when a position of attention costs as much as the linear layers at
+    # 64 positions, 2 x 224 x (1 + 224/64) = 2016 loses to 8 x 72 x (1 + 72/64) = 1224
+    assert PackingCollator(0, 256, attention_positions=64).layout(lengths)[0] == 72
+    with pytest.raises(ValueError, match="attention_positions must be > 0"):
+        PackingCollator(0, 256, attention_positions=0)
+
+
 def test_packed_rows_are_as_long_as_the_longest_example_so_never_larger_than_padding():
     lengths = [3, 2, 2, 1]
     feats = [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1)), "task_id": 0} for n in lengths]

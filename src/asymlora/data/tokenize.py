@@ -226,16 +226,21 @@ class PackingCollator:
     Why: with short responses most of a padded batch is padding; packing spends the compute on real
     tokens only. Each example keeps positions 0..n-1 and attends only to itself: there is no
     attention mask, and Transformers reads the restarts in `position_ids` as sequence boundaries
-    (a block-diagonal causal mask), so a packed batch gives the same loss as the padded one. Rows are
-    as long as the batch's longest example (rounded up to `pad_to_multiple_of`, at most `row_len`), so
-    a packed batch is never larger than the padded one; they are filled first-fit, longest example
-    first, and the tail of a row is padding that forms its own block with label -100. An example's
-    first label is dropped, as the shift of a padded batch drops it: in a packed row it would be
-    predicted from the end of the previous example.
+    (a block-diagonal causal mask), so a packed batch gives the same loss as the padded one.
+
+    The layout is chosen per batch: for every row count k, the examples go longest first to the
+    least-filled of k rows, and the rows are as long as the fullest (rounded up to
+    `pad_to_multiple_of`, at most `row_len`). The cheapest layout wins: rows x length tokens, each
+    costing `1 + length / attention_positions` (attention grows with the row; `attention_positions`
+    None counts tokens only), ties to shorter rows. One example per row is among the layouts, so a
+    packed batch is never larger than the padded one. The tail of a row is padding that forms its
+    own block with label -100. An example's first label is dropped, as the shift of a padded batch
+    drops it: in a packed row it would be predicted from the end of the previous example.
     """
 
     def __init__(self, pad_token_id: int, row_len: int, label_pad_token_id: int = IGNORE_INDEX,
-                 return_task_ids: bool = True, pad_to_multiple_of: int = 8) -> None:
+                 return_task_ids: bool = True, pad_to_multiple_of: int = 8,
+                 attention_positions: float | None = None) -> None:
         if pad_token_id is None:
             raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to eos)")
         if row_len < 1:
@@ -243,36 +248,55 @@ class PackingCollator:
         self.pad_token_id = int(pad_token_id)
         if pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        if attention_positions is not None and not attention_positions > 0:
+            raise ValueError(f"attention_positions must be > 0 or None, got {attention_positions}")
         self.row_len = int(row_len)
         self.label_pad_token_id = label_pad_token_id
         self.return_task_ids = return_task_ids
         self.pad_to_multiple_of = int(pad_to_multiple_of)
+        self.attention_positions = attention_positions
 
-    def length_of_rows(self, lengths: Sequence[int]) -> int:
+    def _check_lengths(self, lengths: Sequence[int]) -> None:
         longest = max(lengths)
         if longest > self.row_len:
             i = list(lengths).index(longest)
             raise ValueError(f"feature {i} has {longest} tokens, more than the row length {self.row_len}: "
                              "tokenise with cutoff_len <= the packing row length")
+
+    def _rounded(self, n: int) -> int:
         m = self.pad_to_multiple_of
-        return min(self.row_len, -(-longest // m) * m)
+        return -(-n // m) * m
+
+    def _balanced(self, lengths: Sequence[int], k: int) -> tuple[int, list[list[int]]]:
+        """Longest first, each to the least-filled of k rows; returns (row length, rows)."""
+        rows: list[list[int]] = [[] for _ in range(k)]
+        fill = [0] * k
+        for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+            r = min(range(k), key=lambda q: (fill[q], q))
+            rows[r].append(i)
+            fill[r] += lengths[i]
+        return min(self.row_len, self._rounded(max(fill))), [r for r in rows if r]
+
+    def layout(self, lengths: Sequence[int]) -> tuple[int, list[list[int]]]:
+        """(row length, indices of the examples in each row) of the cheapest layout."""
+        self._check_lengths(lengths)
+        best: tuple[float, int, list[list[int]]] | None = None
+        for k in range(max(1, -(-sum(lengths) // self.row_len)), len(lengths) + 1):
+            length, rows = self._balanced(lengths, k)
+            if any(sum(lengths[i] for i in row) > length for row in rows):
+                continue  # does not fit under row_len with k rows
+            per_token = 1.0 + (length / self.attention_positions if self.attention_positions else 0.0)
+            cost = len(rows) * length * per_token
+            if best is None or (cost, length) < (best[0], best[1]):
+                best = (cost, length, rows)
+        assert best is not None  # k = len(lengths) always fits: one example per row
+        return best[1], best[2]
+
+    def length_of_rows(self, lengths: Sequence[int]) -> int:
+        return self.layout(lengths)[0]
 
     def rows_of(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices of the examples in each row (first-fit decreasing)."""
-        row_len = self.length_of_rows(lengths)
-        rows: list[list[int]] = []
-        free: list[int] = []
-        for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
-            n = lengths[i]
-            for r, space in enumerate(free):
-                if n <= space:
-                    rows[r].append(i)
-                    free[r] -= n
-                    break
-            else:
-                rows.append([i])
-                free.append(row_len - n)
-        return rows
+        return self.layout(lengths)[1]
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
@@ -286,9 +310,9 @@ class PackingCollator:
                 raise ValueError(f"feature {i}: labels length {len(f['labels'])} != "
                                  f"input_ids length {len(f['input_ids'])}")
         lengths = [len(f["input_ids"]) for f in features]
-        row_len = self.length_of_rows(lengths)
+        row_len, layout = self.layout(lengths)
         ids, labels, positions = [], [], []
-        for row in self.rows_of(lengths):
+        for row in layout:
             r_ids: list[int] = []
             r_lab: list[int] = []
             r_pos: list[int] = []

@@ -287,6 +287,21 @@ class FitOutcome:
     should_save: bool = True
 
 
+def attention_positions(model: Any) -> Optional[float]:
+    """Row length at which a token's attention costs as much as its linear layers: the packing
+    collator weighs longer rows by it. Linear work per token and layer is about the layer's weight
+    count; attention's is 2 x width per position attended (scores and values). None if unknown."""
+    config = getattr(model, "config", None)
+    width, layers = getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not width or not layers or not hasattr(base, "get_input_embeddings"):
+        return None
+    skip = {id(p) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None
+            for p in m.parameters()}
+    body = sum(p.numel() for p in base.parameters() if id(p) not in skip)
+    return body / layers / (2 * width) if body else None
+
+
 def fit_features(model: Any, tokenizer: Any, features: Sequence[Mapping[str, Any]], config: TrainConfig,
                  output_dir: Union[str, Path], *, callbacks: Sequence[TrainerCallback] = (),
                  checkpoint: Optional[Path] = None, save_checkpoints: bool = True,
@@ -311,7 +326,8 @@ def fit_features(model: Any, tokenizer: Any, features: Sequence[Mapping[str, Any
     if config.gradient_checkpointing and not getattr(model, "_asymlora_input_grads", False):
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
         model._asymlora_input_grads = True
-    collator = (PackingCollator(tokenizer.pad_token_id, config.cutoff_len) if config.packing
+    collator = (PackingCollator(tokenizer.pad_token_id, config.cutoff_len,
+                                attention_positions=attention_positions(model)) if config.packing
                 else MultiTaskCollator(tokenizer.pad_token_id))
     loss_func, restore_head = None, None
     try:
