@@ -9,8 +9,10 @@ mkdir -p experiments/federated/results experiments/federated/runs
 [ -f experiments/federated/results/base.json ] || $PY experiments/federated/base_scores.py experiments/federated/cpu/fedit-hom.yaml
 for name in ${RUNS:-fedalora-hom fedsa-hom fedit-hom feddpa-hom fedalora-het fedalora-het-product fedsa-het zeropadding-het flora-het}; do
   start=$(date +%s)
-  $PY -m asymlora federate experiments/federated/cpu/$name.yaml --engine local > experiments/federated/runs/$name.log 2>&1
+  code=0
+  $PY -m asymlora federate experiments/federated/cpu/$name.yaml --engine local > experiments/federated/runs/$name.log 2>&1 || code=$?
   mkdir -p experiments/federated/results/$name
-  cp experiments/federated/runs/$name/results.{json,md} experiments/federated/runs/$name/scores.png experiments/federated/results/$name/
-  echo "$name done in $(( $(date +%s) - start )) s" | tee -a experiments/federated/results/wall_times.txt
+  # a run that stopped (exit 1: a round without a valid update) still leaves its rounds so far
+  cp experiments/federated/runs/$name/results.{json,md} experiments/federated/runs/$name/scores.png experiments/federated/results/$name/ 2>/dev/null || true
+  echo "$name done in $(( $(date +%s) - start )) s, exit $code" | tee -a experiments/federated/results/wall_times.txt
 done
