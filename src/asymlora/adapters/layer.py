@@ -22,6 +22,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from .config import DecomposedLoRAConfig, MoSLoRAConfig, _LowRankConfig, _RoutedConfig, check_gate
+from .routed_a import routed_a_output, routed_gates
 
 
 class StaticWeightError(RuntimeError):
@@ -353,15 +354,32 @@ class RoutedLayer(AdapterLayer):
             gates = x.new_ones(*x.shape[:-1], 1, dtype=dtype)
         else:
             W_g = self.router_weight(adapter_name)
-            gates = F.linear(self._cast_input_dtype(x, W_g.dtype), W_g).to(dtype).softmax(-1)
+            gates = routed_gates(F.linear(self._cast_input_dtype(x, W_g.dtype), W_g), dtype)
+        self._sink(adapter_name, gates)
+        return gates
+
+    def _sink(self, adapter_name: str, gates: torch.Tensor) -> None:
         if self.gate_sink is not None:
             self.gate_sink(self, adapter_name, gates.detach())
-        return gates
+
+    def _fused(self, adapter_name: str, x: torch.Tensor) -> bool:
+        """Whether ALoRA's one-node path (`routed_a.py`) computes this call: a routed ALoRA adapter
+        with gradients on, one dtype throughout, and dropout that is nn.Dropout or none."""
+        W_g = self.router_weight(adapter_name)
+        A = self._param("A", adapter_name)
+        return (self.routed_side == "A" and W_g is not None and self.fixed_gate.get(adapter_name) is None
+                and torch.is_grad_enabled() and x.dtype == A.dtype == W_g.dtype
+                and type(self.lora_dropout[adapter_name]) in (nn.Dropout, nn.Identity))
 
     def adapter_output(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         A, B = self._param("A", adapter_name), self._param("B", adapter_name)
         r, n = self.r[adapter_name], self.num_experts[adapter_name]
         x = self._cast_input_dtype(x, A.dtype)
+        if n > 1 and self._fused(adapter_name, x):
+            out, gates = routed_a_output(x, A, self.router_weight(adapter_name), B, self.lora_dropout[adapter_name],
+                                         self.scaling[adapter_name], torch.promote_types(x.dtype, torch.float32))
+            self._sink(adapter_name, gates)
+            return out
         h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., n_A r): every A expert in one GEMM
         s = self.scaling[adapter_name]  # applied to the gates (or h): n (or r) columns, not d_out
         if n > 1:
