@@ -152,6 +152,8 @@ def test_a_flat_config_still_loads_with_one_warning_per_moved_key(tmp_path, capl
     ("scale", "feddpa_similarity_scale: .nan", r"feddpa_similarity_scale: must be in \[0, 1\], got nan"),
     ("seed", "training: {seed: 3}", r"training\.seed: not a federated setting: every client's round is seeded "
                                     r"from the run's top-level seed"),
+    ("4bit", "training: {load_in_4bit: true}", r"training\.load_in_4bit: not a federated setting: a federated "
+                                               r"client trains on a full-precision base"),
     ("section", "training: [1]", r"training: expected a mapping of settings, got list"),
 ])
 def test_every_value_is_checked_with_one_line_naming_the_key(tmp_path, key, text, message):

@@ -234,3 +234,14 @@ def test_the_local_engine_runs_without_ray(tmp_path, model_dir):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_python_api_names_a_missing_data_file_before_a_model_loads(tmp_path, model_dir):
+    from asymlora.federated.config import ConfigError
+
+    cfg = tiny_config(tmp_path, model_dir, "fedit", [2, 2])
+    (tmp_path / "data" / "local_training_1.json").unlink()
+    loaded = []
+    with pytest.raises(ConfigError, match=r"data_dir: .* lacks local_training_1\.json"):
+        LocalEngine(cfg, client_factory=lambda *a, **k: loaded.append(a) or FederatedClient(*a, **k)).run()
+    assert not loaded and not (tmp_path / "out" / "server").exists()

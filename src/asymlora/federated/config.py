@@ -68,6 +68,8 @@ NOT_PER_ROUND: dict[str, str] = {
     "seed": "every client's round is seeded from the run's top-level seed; set seed there",
     "save_steps": "a round saves no Trainer checkpoint (the client keeps its own state)",
     "save_total_limit": "a round saves no Trainer checkpoint (the client keeps its own state)",
+    **{key: "a federated client trains on a full-precision base (quantised bases: asymlora train only)"
+       for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype")},
 }
 """Training-config keys that mean nothing in a federated round, refused with the reason."""
 

@@ -45,6 +45,7 @@ class LocalEngine:
     def run(self) -> dict[str, Any]:
         from .flower.strategy import FederatedStrategy
 
+        self.cfg.check_data()  # every client reads data_dir here: a missing file is named before a model loads
         strategy = FederatedStrategy(self.cfg, on_phase=self.on_phase)
         if strategy.state.evaluated == 0 and self.cfg.client_state_root.exists() \
                 and any(self.cfg.client_state_root.iterdir()):
