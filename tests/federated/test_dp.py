@@ -38,6 +38,12 @@ def test_server_side_clipping_bounds_every_update_and_the_mean_is_unweighted():
         assert norm(u) <= 2.0 * (1 + 1e-6)
     for k in out:
         torch.testing.assert_close(out[k], sum(u[k] for u in clipped) / 4, rtol=1e-5, atol=1e-6)
+    norms = [float(norm(u)) for u in ups]
+    assert combine.last["update_norms"] == pytest.approx(norms)  # before clipping, in upload order
+    assert combine.last["clipped"] == 4                          # every norm is above 2
+    between = DPCombine(DPSettings(clip_norm=(norms[1] + norms[2]) / 2, noise_multiplier=0.0))
+    between(updates(), [1] * 4)
+    assert between.last["clipped"] == 2                          # the two larger ones
 
 
 def test_the_noise_has_std_z_c_over_n_and_is_seeded():

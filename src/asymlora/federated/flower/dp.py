@@ -54,6 +54,7 @@ class DPCombine:
                 for u, norm in zip(updates, norms):
                     if norm > 0:   # Flower's clip divides by the norm
                         clip_inputs_inplace(u, self.clip_norm)
+                clipped = sum(norm > self.clip_norm for norm in norms)
             elif s.mode == "central" and s.clipping == "adaptive":
                 clipped = sum(adaptive_clip_inputs_inplace(u, self.clip_norm) for u, norm in zip(updates, norms)
                               if norm > 0)
@@ -70,7 +71,8 @@ class DPCombine:
         finally:
             np.random.set_state(rng_state)
         self.last = {"clip_norm": used_norm, "next_clip_norm": self.clip_norm, "update_norm_max": max(norms),
-                     "clipped": int(clipped) if s.clipping == "adaptive" else None}
+                     "update_norms": [float(norm) for norm in norms],
+                     "clipped": int(clipped) if s.mode == "central" else None}
         like = uploads[0]
         return {k: torch.from_numpy(np.asarray(a)).to(like[k].dtype) for k, a in zip(keys, mean)}
 
