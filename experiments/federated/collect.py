@@ -1,4 +1,5 @@
-"""Tables of the CPU runs next to the paper's Tables 1, 4 and 5 (markdown on stdout).
+"""Tables of the CPU runs next to the paper's Tables 1, 4 and 5, and of the protection runs
+(markdown on stdout; the privacy-utility plot to results/dp_privacy_utility.png).
 
     python experiments/federated/collect.py > experiments/federated/tables.md
     python experiments/federated/collect.py --results DIR    # runs laid out as results/ (the GPU suite's)
@@ -37,11 +38,12 @@ PAPER_T1 = {  # each client's model scored on all eight tasks (avg.)
     ("heterogeneous", "Sharing A (FedSA-LoRA*)"): [43.01, 41.58, 50.09, 38.34, 53.53, 24.82, 24.28, 50.41, 40.76],
     ("heterogeneous", "Sharing B (Fed-ALoRA)"): [48.38, 54.80, 58.30, 46.98, 62.15, 35.09, 31.80, 64.89, 50.30],
 }
-OURS = {"homogeneous": [("FedIT", "fedit-hom"), ("FedIT, client_init: shared", "fedit-hom-shared"),
-                        ("FedDPA (instance-wise weights)", "feddpa-hom"),
+OURS = {"homogeneous": [("FedIT", "fedit-hom"), ("FedDPA (instance-wise weights)", "feddpa-hom"),
                         ("FedSA-LoRA", "fedsa-hom"), ("Fed-ALoRA", "fedalora-hom")],
         "heterogeneous": [("ZeroPadding (FedIT, padded)", "zeropadding-het"), ("FLoRA", "flora-het"),
-                          ("FedSA-LoRA*", "fedsa-het"), ("Fed-ALoRA", "fedalora-het")]}
+                          ("FedSA-LoRA*", "fedsa-het"), ("Fed-ALoRA", "fedalora-het"),
+                          ("Fed-ALoRA, upload: product", "fedalora-het-product")]}
+FIRST = "first-runtime"  # the runs recorded before the round loop was rewritten (each client its own init)
 # extra rows under a run: the same trained clients re-scored with another setting (feddpa_weighting.py)
 RESCORED = {"feddpa-hom": [("FedDPA, the same clients, fixed weights (1, 1)", "weighting_fixed.json")]}
 
@@ -102,7 +104,7 @@ def per_round_table() -> list[str]:
     for label, own_name, shared_name in INIT_PAIRS:
         runs = {}
         for init, name in (("own", own_name), ("shared", shared_name)):
-            path = RESULTS / name / "results.json"
+            path = RESULTS / FIRST / name / "results.json"
             runs[init] = json.loads(path.read_text())["rounds"] if path.exists() else None
         if runs["own"] is None or runs["shared"] is None:
             lines.append(row(label, ["not run"] + [""] * 4))
@@ -125,7 +127,7 @@ def cross_task_table() -> list[str]:
                            ("heterogeneous", [("Sharing A (FedSA-LoRA*)", "fedsa-het"),
                                               ("Sharing B (Fed-ALoRA)", "fedalora-het")])):
         for label, name in pairs:
-            path = RESULTS / name / "cross_task.json"
+            path = RESULTS / FIRST / name / "cross_task.json"
             if path.exists():
                 c = json.loads(path.read_text())["clients"]
                 vals = per_client(c, "avg_all_tasks")
@@ -139,7 +141,7 @@ def cross_task_table() -> list[str]:
 def feddpa_cross_task_table() -> list[str]:
     """FedDPA's clients on all eight tasks, instance-wise against fixed weights, and the local
     adapter's mean weight on the client's own task against the other seven."""
-    dyn, fixed = RESULTS / "feddpa-hom" / "cross_task.json", RESULTS / "feddpa-hom" / "cross_task_fixed.json"
+    dyn, fixed = RESULTS / FIRST / "feddpa-hom" / "cross_task.json", RESULTS / FIRST / "feddpa-hom" / "cross_task_fixed.json"
     if not (dyn.exists() and fixed.exists()):
         return ["not run"]
     d, f = json.loads(dyn.read_text())["clients"], json.loads(fixed.read_text())["clients"]
@@ -154,6 +156,112 @@ def feddpa_cross_task_table() -> list[str]:
     return lines
 
 
+def summary(name: str, first: bool = False):
+    path = RESULTS / (FIRST if first else "") / name / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_seconds(results: dict) -> float:
+    return sum(r.get("seconds") or 0.0 for r in results["rounds"])
+
+
+def runtime_table() -> list[str]:
+    """Each recorded row under both runtimes: time in the rounds and average score."""
+    lines = [row("Run", ["first runtime (own init): s in rounds", "avg", "this runtime (shared init): s in rounds",
+                         "avg", "time ratio"]), "|" + "---|" * 6]
+    for setting in ("homogeneous", "heterogeneous"):
+        for label, name in OURS[setting]:
+            old, new = summary(name, first=True), summary(name)
+            cells = []
+            for r in (old, new):
+                cells += ["-", "-"] if r is None else [f"{run_seconds(r):.0f}", fmt(r["summary"]["avg"])]
+            ratio = f"{run_seconds(new) / run_seconds(old):.2f}" if old and new else "-"
+            lines.append(row(f"{label} ({name})", cells + [ratio]))
+    return lines
+
+
+PROTECTED = [("no attack, fedavg", "fedalora-hom"), ("client 7 sends x100, fedavg", "byz-fedavg"),
+             ("client 7 sends x100, median", "byz-median"), ("client 7 sends x100, krum (f = 1)", "byz-krum")]
+
+
+def byzantine_table() -> list[str]:
+    lines = [row("Fed-ALoRA (r=8)", SHORT + ["Avg.", "Avg. of clients 0-6", "rounds", "rejected updates"]),
+             "|" + "---|" * 13]
+    for label, name in PROTECTED:
+        r = summary(name)
+        if r is None:
+            lines.append(row(label, ["not run"] + [""] * 11))
+            continue
+        scores = per_client(r["summary"]["clients"], "score")
+        honest = mean(scores[:7])
+        rejected = sum(len(h.get("rejected") or []) for h in r["rounds"])
+        lines.append(row(label, [fmt(x) for x in scores] + [fmt(r["summary"]["avg"]), fmt(honest),
+                                                             str(r["summary"]["rounds_completed"]), str(rejected)]))
+    return lines
+
+
+DP_RUNS = [("no DP", "fedalora-hom"), ("clipping only (z = 0)", "dp-inf"), ("epsilon 8", "dp-eps8"),
+           ("epsilon 1", "dp-eps1")]
+
+
+def dp_rows() -> list[dict]:
+    rows = []
+    for label, name in DP_RUNS:
+        r = summary(name)
+        if r is None:
+            continue
+        privacy = r["summary"].get("privacy") or {}
+        norms = [n for h in r["rounds"] for n in (h.get("privacy") or {}).get("update_norms", [])]
+        clipped = sum((h.get("privacy") or {}).get("clipped") or 0 for h in r["rounds"])
+        rows.append({"label": label, "name": name, "epsilon": privacy.get("epsilon"),
+                     "noise_multiplier": privacy.get("noise_multiplier"), "clip_norm": privacy.get("clip_norm"),
+                     "delta": privacy.get("delta"), "scores": per_client(r["summary"]["clients"], "score"),
+                     "avg": r["summary"]["avg"], "norm_median": sorted(norms)[len(norms) // 2] if norms else None,
+                     "clipped": f"{clipped} / {len(norms)}" if norms else "-"})
+    return rows
+
+
+def dp_table() -> list[str]:
+    lines = [row("Central DP", ["epsilon", "z", "C", "delta", "update norm (median)", "clipped"] + SHORT + ["Avg."]),
+             "|" + "---|" * 16]
+    for d in dp_rows():
+        eps = "-" if d["epsilon"] is None else ("inf" if d["epsilon"] == float("inf") else f"{d['epsilon']:.2f}")
+        cells = [eps, fmt(d["noise_multiplier"]), fmt(d["clip_norm"]),
+                 "-" if d["delta"] is None else f"{d['delta']:.2e}", fmt(d["norm_median"]), d["clipped"]]
+        lines.append(row(d["label"], cells + [fmt(x) for x in d["scores"]] + [fmt(d["avg"])]))
+    return lines
+
+
+def dp_plot(path: Path) -> bool:
+    """Average score against epsilon (log scale); no DP and clipping only drawn as lines."""
+    rows = dp_rows()
+    if not any(d["epsilon"] not in (None, float("inf")) for d in rows):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    finite = sorted((d["epsilon"], d["avg"]) for d in rows if d["epsilon"] not in (None, float("inf")))
+    ax.plot([e for e, _ in finite], [a for _, a in finite], "o-", label="central DP (z from epsilon)")
+    for d, style in zip([d for d in rows if d["epsilon"] in (None, float("inf"))], ("--", ":")):
+        ax.axhline(d["avg"], linestyle=style, color="grey", label=d["label"])
+    base = RESULTS / "base.json"
+    if base.exists():
+        b = json.loads(base.read_text())["clients"]
+        ax.axhline(sum(b[str(i)]["score"] for i in range(8)) / 8, color="black", lw=0.8, label="base model")
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon after 3 rounds (delta = 1 / training examples)")
+    ax.set_ylabel("average ROUGE-1 over 8 clients")
+    ax.set_title("Fed-ALoRA, SmolLM2-135M, 8 clients: privacy and utility", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main() -> None:
     global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,6 +273,13 @@ def main() -> None:
     out += ["", "## One initial adapter for all clients against one each, round by round", ""] + per_round_table()
     out += ["", "## Each client on all eight tasks, next to Table 1", ""] + cross_task_table()
     out += ["", "## FedDPA on all eight tasks", ""] + feddpa_cross_task_table()
+    out += ["", "## Both runtimes, run by run", ""] + runtime_table()
+    out += ["", "## A Byzantine client", ""] + byzantine_table()
+    out += ["", "## Central differential privacy", ""] + dp_table()
+    if dp_plot(RESULTS / "dp_privacy_utility.png"):
+        out += ["", "![privacy and utility](results/dp_privacy_utility.png)"]
+    secagg = RESULTS / "secagg" / "secagg.md"
+    out += ["", "## SecAgg+ on a loopback deployment", "", secagg.read_text().strip() if secagg.exists() else "not run"]
     print("\n".join(out))
 
 

@@ -95,6 +95,8 @@ def test_generic_path_where_the_fused_one_does_not_apply():
     with torch.no_grad():
         assert not layer._fused("default", x)       # inference: nothing to save for a backward
     assert not layer._fused("default", x.double())  # input and adapter in different dtypes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer._fused("default", x)       # mixed precision: autocast's casts stay autograd's
     layer.set_fixed_gate("default", [0.2, 0.3, 0.5])
     assert not layer._fused("default", x)           # a fixed gate: no router runs
     recorded = []

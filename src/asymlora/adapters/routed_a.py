@@ -7,8 +7,8 @@ copies for its backward. Here the backward writes the A experts' share of the in
 it for dropout, and adds the router's share into the same buffer in place (`addmm_`). The values
 and gradients are those of `RoutedLayer`'s generic path (tests compare both, and gradcheck this).
 
-Used for a routed ALoRA adapter in training (no fixed gate, one dtype for input and adapter, dropout
-that is `nn.Dropout` or none); every other case takes the generic path. The dropout mask is drawn as
+Used for a routed ALoRA adapter in training (no fixed gate, one dtype for input and adapter, no
+autocast, dropout that is `nn.Dropout` or none); every other case takes the generic path. The dropout mask is drawn as
 `torch.nn.functional.dropout` draws it on the CPU (Bernoulli(1 - p), scaled by 1 / (1 - p)).
 """
 
