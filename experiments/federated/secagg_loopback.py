@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +26,11 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
 from asymlora.federated.config import FederatedConfig  # noqa: E402
 from asymlora.federated.flower.launch import flower_env, run_deployment  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.federated.runtime_helpers import free_port, stop  # noqa: E402
 
 
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -96,13 +89,7 @@ def main() -> None:
             results = json.loads((work / name / "results.json").read_text())
             runs[name] = {"seconds": round(seconds, 1), "results": results}
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            p.wait(timeout=60)
+        stop(procs)
     report(base, runs, kept(work / "plain"), kept(work / "secagg"), work, out)
 
 

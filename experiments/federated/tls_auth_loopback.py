@@ -11,9 +11,6 @@ its process group id. Run from the repository root:
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from asymlora.federated.flower.launch import flower_env, flwr_home_for, run_deployment  # noqa: E402
-from tests.federated.runtime_helpers import make_model_dir, tiny_config  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.federated.runtime_helpers import free_port, make_model_dir, stop, tiny_config  # noqa: E402
 
 
 def sh(*cmd: str, env=None) -> str:
@@ -82,13 +73,7 @@ def main() -> None:
         code = run_deployment(cfg, superlink=f"127.0.0.1:{port}", root_certificates=str(certs / "ca.crt"),
                               timeout=900)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            p.wait(timeout=30)
+        stop(procs)
     results = json.loads((root / "out" / "results.json").read_text())
     print(f"flwr run exit code {code}; {time.time() - start:.0f}s; accepted per round "
           f"{[r['accepted'] for r in results['rounds']]}; Params.(M) sent {results['summary']['params_m_measured']} "

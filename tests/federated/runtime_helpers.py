@@ -4,6 +4,11 @@ tokenizer saved as a model directory, and a FLAN-layout data folder with one tas
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -95,3 +100,34 @@ def run_recording(cfg: FederatedConfig) -> tuple[dict[int, Any], dict[str, Any]]
             return fit
 
     return sent, LocalEngine(cfg, client_factory=Recording).run()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each started process group (its id is the PID we started), SIGKILL if needed."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+    deadline = time.monotonic() + 15
+    for p in procs:  # helpers the SuperNodes spawned (flower-superexec, flwr-clientapp) go too
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(p.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(p.pid, signal.SIGKILL)

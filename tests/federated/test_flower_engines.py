@@ -5,8 +5,6 @@ loopback (a SuperLink and two SuperNodes started and stopped by this test, by PI
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .runtime_helpers import tiny_config
+from .runtime_helpers import free_port, stop, tiny_config
 
 pytest.importorskip("flwr")
 
@@ -63,12 +61,6 @@ def test_simulation_engine_with_a_crash_and_a_nan_update(tmp_path, model_dir):
     assert all(k.split(".")[-2] in ("declora_B1", "declora_B2") for s in sent for k in s["keys"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,31 +71,6 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
                 return
         time.sleep(0.3)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each started process group (its id is the PID we started), SIGKILL if needed."""
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=5)
-    deadline = time.monotonic() + 15
-    for p in procs:  # helpers the SuperNodes spawned (flower-superexec, flwr-clientapp) go too
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(p.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def deploy(tmp_path, cfg, n_nodes):
