@@ -2,8 +2,12 @@
 SuperLink and SuperNodes (one per client, insecure, 127.0.0.1 only), then the server's aggregate of
 each round compared between the two and SecAgg+'s overhead in time and bytes per round.
 
-Every client trains the same examples from the same seed in both runs, so the two aggregates differ
-only by SecAgg+'s clipping and quantisation. Run from the repository root:
+Every client trains the same examples from the same seed in both runs, so the two round-1
+aggregates differ only by SecAgg+'s clipping and quantisation. Each run stops after round 1 (its
+aggregate kept) and resumes to the last round, since the server keeps only the latest aggregate. A
+comparison is only made where both runs aggregated the same clients: a client lost in either run
+(a crash, e.g. the kernel's OOM killer when the machine cannot hold every ClientApp) stops the
+script with a non-zero exit naming it. Run from the repository root:
 
     .venv/bin/python experiments/federated/secagg_loopback.py experiments/federated/cpu/secagg.yaml
 
@@ -80,17 +84,44 @@ def main() -> None:
                                 "--host", "127.0.0.1", "--port", str(free_port()), "--node-config",
                                 f"partition-id={i}"], work / f"supernode{i}.log", env))
         for name, secagg in (("plain", None), ("secagg", True)):
-            cfg = dataclasses.replace(base, output_dir=str(work / name), state_dir=None, secagg=secagg)
-            started = time.time()
-            code = run_deployment(cfg, superlink=f"127.0.0.1:{port}", insecure=True, timeout=7200)
-            seconds = time.time() - started
-            if code != 0:
-                raise SystemExit(f"secagg_loopback: the {name} run failed (flwr exit code {code}); logs in {work}")
-            results = json.loads((work / name / "results.json").read_text())
-            runs[name] = {"seconds": round(seconds, 1), "results": results}
+            runs[name] = run_twice(dataclasses.replace(base, output_dir=str(work / name), state_dir=None,
+                                                       secagg=secagg), name, port, work)
     finally:
         stop(procs)
-    report(base, runs, kept(work / "plain"), kept(work / "secagg"), work, out)
+    lost = lost_clients(runs, base.n_clients)
+    if lost:
+        more = f"; and {len(lost) - 4} more" if len(lost) > 4 else ""
+        raise SystemExit(f"secagg_loopback: not comparable, clients were lost ({'; '.join(lost[:4])}{more}); "
+                         f"logs in {work} (a ClientApp killed for memory shows in `dmesg`)")
+    report(base, runs, work, out)
+
+
+def run_twice(cfg: FederatedConfig, name: str, port: int, work: Path) -> dict:
+    """Round 1, its aggregate kept, then a resume to `cfg.rounds`: {seconds, results, kept by round}."""
+    seconds, kept_rounds = 0.0, {}
+    for rounds in sorted({1, cfg.rounds}):
+        started = time.time()
+        code = run_deployment(dataclasses.replace(cfg, rounds=rounds), superlink=f"127.0.0.1:{port}",
+                              insecure=True, timeout=7200)
+        seconds += time.time() - started
+        if code != 0:
+            raise SystemExit(f"secagg_loopback: the {name} run failed at round {rounds} (flwr exit code {code}); "
+                             f"logs in {work}")
+        kept_rounds.update(kept(Path(cfg.output_dir)))
+    results = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    return {"seconds": round(seconds, 1), "results": results, "kept": kept_rounds}
+
+
+def lost_clients(runs: dict[str, dict], n_clients: int) -> list[str]:
+    """'<run> round t: client c (reason)' for every client not aggregated in a round of either run."""
+    lost = []
+    for name, run in runs.items():
+        for record in run["results"]["rounds"]:
+            reasons = {r["client"]: r["reason"] for r in record.get("rejected", [])}
+            missing = sorted(set(range(n_clients)) - set(record.get("accepted", [])))
+            lost += [f"{name} round {record['round']}: client {c} ({reasons.get(c, 'not aggregated')})"
+                     for c in missing]
+    return lost
 
 
 def round_rows(runs: dict[str, dict]) -> list[dict]:
@@ -108,8 +139,9 @@ def round_rows(runs: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def report(base: FederatedConfig, runs: dict, plain: dict, secure: dict, work: Path, out: Path) -> None:
+def report(base: FederatedConfig, runs: dict, work: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    plain, secure = runs["plain"]["kept"], runs["secagg"]["kept"]
     agg = {t: compare(plain[t], secure[t]) for t in sorted(plain) if t in secure}
     rows = round_rows(runs)
     summary = {"config": base.to_dict() if hasattr(base, "to_dict") else str(base),
@@ -126,7 +158,7 @@ def report(base: FederatedConfig, runs: dict, plain: dict, secure: dict, work: P
              "| round | seconds without | seconds with SecAgg+ | aggregate max abs diff | largest aggregate value | "
              "relative L2 diff | bytes up+down without | bytes sent+received with SecAgg+ | ratio |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    fmt = lambda d, k: f"{d[k]:.2e}" if k in d else "-"  # noqa: E731  (the server keeps the latest aggregates)
+    fmt = lambda d, k: f"{d[k]:.2e}" if k in d else "-"  # noqa: E731
     for row in rows:
         d = agg.get(row["round"], {})
         plain_bytes = row["plain_upload_bytes"] + row["plain_download_bytes"]

@@ -73,8 +73,9 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def deploy(tmp_path, cfg, n_nodes):
-    """A SuperLink and `n_nodes` SuperNodes on loopback, the run submitted with `flwr run`."""
+def deploy(tmp_path, cfg, n_nodes, expect_code=0):
+    """A SuperLink and `n_nodes` SuperNodes on loopback, the run submitted with `flwr run`; its
+    results (None unless the run is expected to succeed)."""
     from asymlora.federated.flower.launch import flower_env, run_deployment
 
     env = flower_env({"FLWR_HOME": str(tmp_path / "flwr-home"), "OMP_NUM_THREADS": "1"})
@@ -97,11 +98,20 @@ def deploy(tmp_path, cfg, n_nodes):
                 env=env, stdout=open(logs / f"supernode{i}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
         code = run_deployment(cfg, superlink=f"127.0.0.1:{link}", insecure=True, timeout=400)
-        assert code == 0, (logs / "superlink.log").read_text()[-3000:]
+        assert code == expect_code, (logs / "superlink.log").read_text()[-3000:]
     finally:
         stop(procs)
     assert all(p.poll() is not None for p in procs)
-    return json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    return json.loads((Path(cfg.output_dir) / "results.json").read_text()) if expect_code == 0 else None
+
+
+def test_a_deployment_whose_serverapp_fails_is_not_exit_0(tmp_path, model_dir):
+    """`flwr run --stream` exits 0 whatever became of the run: the SuperLink's status decides."""
+    from asymlora.federated.flower.launch import RUN_FAILED
+
+    cfg = tiny_config(tmp_path, model_dir, "fedalora", [2, 2], min_clients=2, connect_timeout=3.0, rounds=1)
+    deploy(tmp_path, cfg, 1, expect_code=RUN_FAILED)   # one SuperNode, two needed: the ServerApp times out
+    assert not (Path(cfg.output_dir) / "results.json").exists()
 
 
 def test_deployment_engine_on_loopback(tmp_path, model_dir):

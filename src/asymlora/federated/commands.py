@@ -127,7 +127,7 @@ def run_federate(args: argparse.Namespace) -> int:
         run_simulation_engine(cfg, num_cpus_per_client=args.cpus_per_client,
                               num_gpus_per_client=args.gpus_per_client)
     else:
-        from .flower.launch import run_deployment, write_app_dir
+        from .flower.launch import RUN_FAILED, run_deployment, write_app_dir
 
         if args.write_app_only:
             app = write_app_dir(cfg, Path(args.app_dir or out / "flower-app"))
@@ -136,6 +136,10 @@ def run_federate(args: argparse.Namespace) -> int:
         code = run_deployment(cfg, superlink=args.superlink, connection=args.connection, insecure=args.insecure,
                               root_certificates=args.root_certificates,
                               app_dir=Path(args.app_dir) if args.app_dir else None)
+        if code == RUN_FAILED:
+            print("asymlora federate: error: the run failed or was stopped on the SuperLink (its log above; "
+                  "`flwr log RUN_ID` shows it again)", file=sys.stderr)
+            return code
         if code != 0:
             print(f"asymlora federate: error: `flwr run` exited with code {code}", file=sys.stderr)
             return code

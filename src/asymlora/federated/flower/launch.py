@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ from typing import Any, Optional
 from ..config import FederatedConfig
 
 APP_MODULE = "asymlora.federated.flower.apps"
+log = logging.getLogger("asymlora.federated")
 
 
 def flower_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -124,12 +127,36 @@ def run_deployment(cfg: FederatedConfig, *, superlink: Optional[str] = None, con
         flwr_home_for(superlink, insecure=insecure, root_certificates=root_certificates, home=tmp_home)
         extra["FLWR_HOME"] = str(tmp_home)
         connection = "asymlora"
-    cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(app_dir), str(connection)]
+    flwr = str(Path(sys.executable).parent / "flwr")
+    env = flower_env(extra)
+    cmd = [flwr, "run", str(app_dir), str(connection)]
     if stream:
         cmd.append("--stream")
     try:
-        proc = subprocess.run(cmd, env=flower_env(extra), timeout=timeout, check=False)
-        return proc.returncode
+        before = superlink_runs(flwr, str(connection), env)
+        proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            return proc.returncode
+        ours = {k: v for k, v in superlink_runs(flwr, str(connection), env).items() if k not in before}
+        bad = {k: v for k, v in ours.items() if v.rsplit(":", 1)[-1] in ("failed", "stopped")}
+        for run_id, status in bad.items():   # `flwr run --stream` exits 0 whatever became of the run
+            log.error("Flower run %s ended %s (its log: flwr log %s %s)", run_id, status, run_id, connection)
+        return RUN_FAILED if bad else 0
     finally:
         if tmp_home is not None:
             shutil.rmtree(tmp_home, ignore_errors=True)
+
+
+RUN_FAILED = 3  # the exit code of a deployment whose ServerApp failed or was stopped
+
+
+def superlink_runs(flwr: str, connection: str, env: dict[str, str]) -> dict[str, str]:
+    """run id -> status ("finished:completed", "running", ...) of the SuperLink's runs, from
+    `flwr ls --format json`; {} when the SuperLink cannot say (the run's own exit code then stands)."""
+    try:
+        proc = subprocess.run([flwr, "ls", connection, "--format", "json"], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        runs = json.loads(proc.stdout).get("runs", [])
+    except (subprocess.TimeoutExpired, ValueError, AttributeError):
+        return {}
+    return {str(r.get("run-id")): str(r.get("status", "")) for r in runs if isinstance(r, dict)}
