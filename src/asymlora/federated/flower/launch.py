@@ -137,7 +137,8 @@ def run_deployment(cfg: FederatedConfig, *, superlink: Optional[str] = None, con
         proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
         if proc.returncode != 0:
             return proc.returncode
-        ours = {k: v for k, v in superlink_runs(flwr, str(connection), env).items() if k not in before}
+        after = superlink_runs(flwr, str(connection), env) if before is not None else None
+        ours = {k: v for k, v in (after or {}).items() if k not in before}
         bad = {k: v for k, v in ours.items() if v.rsplit(":", 1)[-1] in ("failed", "stopped")}
         for run_id, status in bad.items():   # `flwr run --stream` exits 0 whatever became of the run
             log.error("Flower run %s ended %s (its log: flwr log %s %s)", run_id, status, run_id, connection)
@@ -150,13 +151,13 @@ def run_deployment(cfg: FederatedConfig, *, superlink: Optional[str] = None, con
 RUN_FAILED = 3  # the exit code of a deployment whose ServerApp failed or was stopped
 
 
-def superlink_runs(flwr: str, connection: str, env: dict[str, str]) -> dict[str, str]:
+def superlink_runs(flwr: str, connection: str, env: dict[str, str]) -> Optional[dict[str, str]]:
     """run id -> status ("finished:completed", "running", ...) of the SuperLink's runs, from
-    `flwr ls --format json`; {} when the SuperLink cannot say (the run's own exit code then stands)."""
+    `flwr ls --format json`; None when the SuperLink cannot say (the run's own exit code then stands)."""
     try:
         proc = subprocess.run([flwr, "ls", connection, "--format", "json"], env=env, capture_output=True,
                               text=True, timeout=120, check=False)
-        runs = json.loads(proc.stdout).get("runs", [])
-    except (subprocess.TimeoutExpired, ValueError, AttributeError):
-        return {}
+        runs = json.loads(proc.stdout)["runs"]
+    except (subprocess.TimeoutExpired, ValueError, AttributeError, KeyError, TypeError):
+        return None
     return {str(r.get("run-id")): str(r.get("status", "")) for r in runs if isinstance(r, dict)}
