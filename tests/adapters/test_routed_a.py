@@ -77,6 +77,31 @@ def test_fused_path_equals_the_expert_by_expert_reference_and_the_generic_path(d
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_layer_forward_adds_into_the_base_output_as_the_generic_path_does(dropout):
+    """The layer's forward adds the adapter inside its B GEMM (base passed in): the output and every
+    gradient, the base weight's and the input's included, equal the generic path's."""
+    layer = alora_layer(dropout)
+    layer.base_layer.weight.requires_grad_(True)   # the base output's gradient must flow too
+    params = [layer.base_layer.weight, layer.alora_A["default"], layer.alora_router["default"], layer.alora_B["default"]]
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    runs = []
+    original = RoutedLayer._fused
+    for fused in (True, False):
+        if not fused:
+            RoutedLayer._fused = lambda self, name, x: False
+        try:
+            torch.manual_seed(7)
+            out = layer(x)
+            runs.append((out, grads(out, [x, *params])))
+        finally:
+            RoutedLayer._fused = original
+    (out_f, g_f), (out_g, g_g) = runs
+    torch.testing.assert_close(out_f, out_g, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_f, g_g):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_path_passes_gradcheck_in_float64():
     torch.manual_seed(0)
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
@@ -84,9 +109,13 @@ def test_fused_path_passes_gradcheck_in_float64():
     W_g = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     B = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     noise = torch.empty_like(x).bernoulli_(0.7).div_(0.7)
+    base = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     for mask in (None, noise):
         assert torch.autograd.gradcheck(
             lambda x, A, W_g, B: RoutedAFunction.apply(x, A, W_g, B, mask, 0.5, torch.float64)[0], (x, A, W_g, B))
+        assert torch.autograd.gradcheck(
+            lambda x, A, W_g, B, base: RoutedAFunction.apply(x, A, W_g, B, mask, 0.5, torch.float64, base)[0],
+            (x, A, W_g, B, base))
 
 
 def test_generic_path_where_the_fused_one_does_not_apply():

@@ -184,8 +184,12 @@ class AdapterLayer(BaseTunerLayer):
             return result
         for adapter_name in self.active_adapters:
             if adapter_name in self.r:
-                result = result + self.adapter_output(adapter_name, x).to(result.dtype)
+                result = self.add_adapter_output(adapter_name, x, result)
         return result
+
+    def add_adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """result + the adapter's contribution: where a layer can, added inside its last GEMM."""
+        return result + self.adapter_output(adapter_name, x).to(result.dtype)
 
     # --- merging ------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
@@ -374,15 +378,26 @@ class RoutedLayer(AdapterLayer):
                 and type(self.lora_dropout[adapter_name]) in (nn.Dropout, nn.Identity)
                 and not self.lora_dropout[adapter_name]._forward_hooks)  # an observer (the recorder) sees x
 
+    def add_adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        A = self._param("A", adapter_name)
+        if result.dtype == A.dtype and self.num_experts[adapter_name] > 1 and self._fused(adapter_name, x):
+            return self._routed_a(adapter_name, x, base=result)
+        return super().add_adapter_output(adapter_name, x, result)
+
+    def _routed_a(self, adapter_name: str, x: torch.Tensor, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ALoRA's one-node path (`routed_a.py`), its gates handed to recorders."""
+        out, gates = routed_a_output(x, self._param("A", adapter_name), self.router_weight(adapter_name),
+                                     self._param("B", adapter_name), self.lora_dropout[adapter_name],
+                                     self.scaling[adapter_name], torch.promote_types(x.dtype, torch.float32), base)
+        self._sink(adapter_name, gates)
+        return out
+
     def adapter_output(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         A, B = self._param("A", adapter_name), self._param("B", adapter_name)
         r, n = self.r[adapter_name], self.num_experts[adapter_name]
         x = self._cast_input_dtype(x, A.dtype)
         if n > 1 and self._fused(adapter_name, x):
-            out, gates = routed_a_output(x, A, self.router_weight(adapter_name), B, self.lora_dropout[adapter_name],
-                                         self.scaling[adapter_name], torch.promote_types(x.dtype, torch.float32))
-            self._sink(adapter_name, gates)
-            return out
+            return self._routed_a(adapter_name, x)
         h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., n_A r): every A expert in one GEMM
         s = self.scaling[adapter_name]  # applied to the gates (or h): n (or r) columns, not d_out
         if n > 1:

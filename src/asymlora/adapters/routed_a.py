@@ -34,11 +34,14 @@ def dropout_noise(x: torch.Tensor, dropout: nn.Module) -> Optional[torch.Tensor]
 
 
 class RoutedAFunction(torch.autograd.Function):
-    """out = (sum_i w_i (x*noise) A_i^T) B^T with w = s softmax(x W_g^T); x is (T, d_in)."""
+    """out = base + (sum_i w_i (x*noise) A_i^T) B^T with w = s softmax(x W_g^T); x is (T, d_in), base
+    (T, d_out) the base layer's output or None. Adding into `base` inside the B GEMM (`addmm`) saves
+    the adapter's output a tensor and a pass of its own."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, A: torch.Tensor, W_g: torch.Tensor, B: torch.Tensor,
-                noise: Optional[torch.Tensor], scale: float, gate_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                noise: Optional[torch.Tensor], scale: float, gate_dtype: torch.dtype,
+                base: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         n, r = W_g.shape[0], B.shape[1]
         xd = x if noise is None else x * noise
         h = xd @ A.t()                                      # (T, n r): every A expert in one GEMM
@@ -48,15 +51,18 @@ class RoutedAFunction(torch.autograd.Function):
         ctx.save_for_backward(x, xd, noise, A, W_g, B, h, gates, g)
         ctx.scale = scale
         ctx.mark_non_differentiable(gates)
-        return g @ B.t(), gates
+        out = g @ B.t() if base is None else torch.addmm(base, g, B.t())
+        return out, gates
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor, _grad_gates: Any) -> tuple[Optional[torch.Tensor], ...]:
         x, xd, noise, A, W_g, B, h, gates, g = ctx.saved_tensors
         n, r, s = W_g.shape[0], B.shape[1], ctx.scale
         need_x, need_A, need_Wg, need_B = ctx.needs_input_grad[:4]
-        grad_B = grad_out.t() @ g if need_B else None
-        gg = grad_out @ B                                   # (T, r)
+        # both with the narrow (r) operand transposed: BLAS is several times slower on a (d, r) row-major
+        # right operand or a transposed (T, d) left one at r = 8 than on these layouts
+        grad_B = (g.t() @ grad_out).t() if need_B else None
+        gg = grad_out @ B.t().contiguous().t()              # (T, r)
         w = gates.to(h.dtype) * s
         grad_h = (w.unsqueeze(2) * gg.unsqueeze(1)).view(-1, n * r)
         # d/dw_i = <h_i, gg>; through the scale and the softmax to the router's logits
@@ -70,12 +76,16 @@ class RoutedAFunction(torch.autograd.Function):
             if noise is not None:
                 grad_x.mul_(noise)
             grad_x.addmm_(grad_logits, W_g)                 # the router's share, in the same buffer
-        return grad_x, grad_A, grad_Wg, grad_B, None, None, None
+        grad_base = grad_out if ctx.needs_input_grad[7:8] == (True,) else None   # absent when no base was given
+        return grad_x, grad_A, grad_Wg, grad_B, None, None, None, grad_base
 
 
 def routed_a_output(x: torch.Tensor, A: torch.Tensor, W_g: torch.Tensor, B: torch.Tensor,
-                    dropout: nn.Module, scale: float, gate_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the adapter's contribution (..., d_out), the gates (..., n)) for x (..., d_in)."""
+                    dropout: nn.Module, scale: float, gate_dtype: torch.dtype,
+                    base: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the adapter's contribution (..., d_out), plus `base` when given, the gates (..., n)) for x (..., d_in)."""
     flat = x.reshape(-1, x.shape[-1])
-    out, gates = RoutedAFunction.apply(flat, A, W_g, B, dropout_noise(flat, dropout), float(scale), gate_dtype)
+    flat_base = None if base is None else base.reshape(flat.shape[0], -1)
+    out, gates = RoutedAFunction.apply(flat, A, W_g, B, dropout_noise(flat, dropout), float(scale), gate_dtype,
+                                       flat_base)
     return out.view(*x.shape[:-1], -1), gates.view(*x.shape[:-1], -1)
