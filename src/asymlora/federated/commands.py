@@ -138,7 +138,7 @@ def run_federate(args: argparse.Namespace) -> int:
                               app_dir=Path(args.app_dir) if args.app_dir else None)
         if code == RUN_FAILED:
             print("asymlora federate: error: the run failed or was stopped on the SuperLink (its log above; "
-                  "`flwr log RUN_ID` shows it again)", file=sys.stderr)
+                  "`flwr log RUN_ID` against that SuperLink shows it again)", file=sys.stderr)
             return code
         if code != 0:
             print(f"asymlora federate: error: `flwr run` exited with code {code}", file=sys.stderr)

@@ -141,7 +141,7 @@ def run_deployment(cfg: FederatedConfig, *, superlink: Optional[str] = None, con
         ours = {k: v for k, v in (after or {}).items() if k not in before}
         bad = {k: v for k, v in ours.items() if v.rsplit(":", 1)[-1] in ("failed", "stopped")}
         for run_id, status in bad.items():   # `flwr run --stream` exits 0 whatever became of the run
-            log.error("Flower run %s ended %s (its log: flwr log %s %s)", run_id, status, run_id, connection)
+            log.error("Flower run %s ended %s", run_id, status)
         return RUN_FAILED if bad else 0
     finally:
         if tmp_home is not None:
