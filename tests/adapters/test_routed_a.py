@@ -124,6 +124,9 @@ def test_generic_path_where_the_fused_one_does_not_apply():
     with torch.no_grad():
         assert not layer._fused("default", x)       # inference: nothing to save for a backward
     assert not layer._fused("default", x.double())  # input and adapter in different dtypes
+    empty = torch.randn(2, 0, 12, requires_grad=True)
+    assert not layer._fused("default", empty)       # no tokens
+    assert layer(empty).shape == (2, 0, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not layer._fused("default", x)       # mixed precision: autocast's casts stay autograd's
     layer.set_fixed_gate("default", [0.2, 0.3, 0.5])

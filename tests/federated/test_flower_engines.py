@@ -105,10 +105,12 @@ def deploy(tmp_path, cfg, n_nodes, expect_code=0):
     return json.loads((Path(cfg.output_dir) / "results.json").read_text()) if expect_code == 0 else None
 
 
-def test_a_deployment_whose_serverapp_fails_is_not_exit_0(tmp_path, model_dir):
-    """`flwr run --stream` exits 0 whatever became of the run: the SuperLink's status decides."""
+def test_a_deployment_whose_serverapp_fails_is_not_exit_0(tmp_path, model_dir, monkeypatch):
+    """`flwr run --stream` exits 0 whatever became of the run: the SuperLink's status decides (read
+    back as JSON, which FORCE_COLOR must not colour)."""
     from asymlora.federated.flower.launch import RUN_FAILED
 
+    monkeypatch.setenv("FORCE_COLOR", "1")
     cfg = tiny_config(tmp_path, model_dir, "fedalora", [2, 2], min_clients=2, connect_timeout=3.0, rounds=1)
     deploy(tmp_path, cfg, 1, expect_code=RUN_FAILED)   # one SuperNode, two needed: the ServerApp times out
     assert not (Path(cfg.output_dir) / "results.json").exists()

@@ -369,11 +369,11 @@ class RoutedLayer(AdapterLayer):
     def _fused(self, adapter_name: str, x: torch.Tensor) -> bool:
         """Whether ALoRA's one-node path (`routed_a.py`) computes this call: a routed ALoRA adapter
         with gradients on, one dtype throughout, no autocast (mixed precision takes the generic path),
-        and dropout that is nn.Dropout or none, with no hook reading its output."""
+        at least one token, and dropout that is nn.Dropout or none, with no hook reading its output."""
         W_g = self.router_weight(adapter_name)
         A = self._param("A", adapter_name)
         return (self.routed_side == "A" and W_g is not None and self.fixed_gate.get(adapter_name) is None
-                and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+                and x.numel() > 0 and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
                 and x.dtype == A.dtype == W_g.dtype
                 and type(self.lora_dropout[adapter_name]) in (nn.Dropout, nn.Identity)
                 and not self.lora_dropout[adapter_name]._forward_hooks)  # an observer (the recorder) sees x

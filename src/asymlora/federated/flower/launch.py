@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,7 +110,9 @@ def flwr_home_for(address: str, *, insecure: bool, root_certificates: Optional[s
 def run_deployment(cfg: FederatedConfig, *, superlink: Optional[str] = None, connection: Optional[str] = None,
                    insecure: bool = False, root_certificates: Optional[str] = None,
                    app_dir: Optional[Path] = None, stream: bool = True, timeout: Optional[float] = None) -> int:
-    """Submit `cfg` to a running SuperLink with `flwr run`; returns flwr's exit code.
+    """Submit `cfg` to a running SuperLink with `flwr run`; returns flwr's exit code, or RUN_FAILED
+    when the SuperLink says the run did not complete (`flwr run --stream` exits 0 whatever became
+    of it; without `stream` only a run already failed or stopped counts).
 
     Either `superlink` (host:port of the SuperLink's API; TLS unless `insecure`, verified against
     `root_certificates`) or `connection` (a SuperLink connection of your own Flower config, e.g. one
@@ -133,31 +137,66 @@ def run_deployment(cfg: FederatedConfig, *, superlink: Optional[str] = None, con
     if stream:
         cmd.append("--stream")
     try:
-        before = superlink_runs(flwr, str(connection), env)
-        proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            return proc.returncode
-        after = superlink_runs(flwr, str(connection), env) if before is not None else None
-        ours = {k: v for k, v in (after or {}).items() if k not in before}
-        bad = {k: v for k, v in ours.items() if v.rsplit(":", 1)[-1] in ("failed", "stopped")}
-        for run_id, status in bad.items():   # `flwr run --stream` exits 0 whatever became of the run
+        code, run_id = _run_passing_output(cmd, env, timeout)
+        if code != 0:
+            return code
+        status = run_status(flwr, str(connection), run_id, env) if run_id else None
+        if status is None:
+            log.warning("could not read the run's status back from the SuperLink; trusting `flwr run`'s exit code")
+            return code
+        done = status == "finished:completed" if stream else status.rsplit(":", 1)[-1] not in ("failed", "stopped")
+        if not done:
             log.error("Flower run %s ended %s", run_id, status)
-        return RUN_FAILED if bad else 0
+        return 0 if done else RUN_FAILED
     finally:
         if tmp_home is not None:
             shutil.rmtree(tmp_home, ignore_errors=True)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_STARTED = re.compile(r"started run (\d+)")
+
+
+def _run_passing_output(cmd: list[str], env: dict[str, str], timeout: Optional[float]) -> tuple[int, Optional[str]]:
+    """Run `flwr run`, its output passed through; (its exit code, the run id it printed)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    ids: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            found = _STARTED.search(_ANSI.sub("", line))
+            if found:
+                ids.append(found.group(1))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=10)
+    return code, (ids[0] if ids else None)
+
+
 RUN_FAILED = 3  # the exit code of a deployment whose ServerApp failed or was stopped
 
 
-def superlink_runs(flwr: str, connection: str, env: dict[str, str]) -> Optional[dict[str, str]]:
-    """run id -> status ("finished:completed", "running", ...) of the SuperLink's runs, from
-    `flwr ls --format json`; None when the SuperLink cannot say (the run's own exit code then stands)."""
+def run_status(flwr: str, connection: str, run_id: str, env: dict[str, str]) -> Optional[str]:
+    """The SuperLink's status of run `run_id` ("finished:completed", "running", ...), from `flwr ls
+    --run-id --format json`; None when it cannot say. Colour is off: rich writes ANSI codes into JSON
+    under FORCE_COLOR even through a pipe."""
+    plain = {k: v for k, v in env.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    plain["NO_COLOR"] = "1"
     try:
-        proc = subprocess.run([flwr, "ls", connection, "--format", "json"], env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
-        runs = json.loads(proc.stdout)["runs"]
-    except (subprocess.TimeoutExpired, ValueError, AttributeError, KeyError, TypeError):
+        proc = subprocess.run([flwr, "ls", connection, "--run-id", run_id, "--format", "json"], env=plain,
+                              capture_output=True, text=True, timeout=120, check=False)
+        runs = json.loads(_ANSI.sub("", proc.stdout))["runs"]
+        return next(str(r["status"]) for r in runs if str(r.get("run-id")) == run_id)
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError, AttributeError, StopIteration):
         return None
-    return {str(r.get("run-id")): str(r.get("status", "")) for r in runs if isinstance(r, dict)}
