@@ -379,8 +379,7 @@ class RoutedLayer(AdapterLayer):
                 and not self.lora_dropout[adapter_name]._forward_hooks)  # an observer (the recorder) sees x
 
     def add_adapter_output(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        A = self._param("A", adapter_name)
-        if result.dtype == A.dtype and self.num_experts[adapter_name] > 1 and self._fused(adapter_name, x):
+        if result.dtype == x.dtype and self._fused(adapter_name, x):   # _fused: x in the adapter's dtype
             return self._routed_a(adapter_name, x, base=result)
         return super().add_adapter_output(adapter_name, x, result)
 
@@ -396,7 +395,7 @@ class RoutedLayer(AdapterLayer):
         A, B = self._param("A", adapter_name), self._param("B", adapter_name)
         r, n = self.r[adapter_name], self.num_experts[adapter_name]
         x = self._cast_input_dtype(x, A.dtype)
-        if n > 1 and self._fused(adapter_name, x):
+        if self._fused(adapter_name, x):   # a router exists only for n > 1
             return self._routed_a(adapter_name, x)
         h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., n_A r): every A expert in one GEMM
         s = self.scaling[adapter_name]  # applied to the gates (or h): n (or r) columns, not d_out
