@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from asymlora.federated.config import FederatedConfig  # noqa: E402
 from asymlora.federated.flower.launch import flower_env, run_deployment  # noqa: E402
-from tests.federated.runtime_helpers import free_port, stop  # noqa: E402
+from tests.federated.runtime_helpers import free_port, stop, wait_for_port  # noqa: E402
 
 
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -78,7 +78,7 @@ def main() -> None:
     try:
         procs.append(start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                             "--disable-runtime-dependency-installation"], work / "superlink.log", env))
-        time.sleep(6)
+        wait_for_port(port, procs[0])
         for i in range(base.n_clients):
             procs.append(start([str(bindir / "flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--insecure",
                                 "--host", "127.0.0.1", "--port", str(free_port()), "--node-config",

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from asymlora.federated.flower.launch import flower_env, flwr_home_for, run_deployment  # noqa: E402
-from tests.federated.runtime_helpers import free_port, make_model_dir, stop, tiny_config  # noqa: E402
+from tests.federated.runtime_helpers import free_port, make_model_dir, stop, tiny_config, wait_for_port  # noqa: E402
 
 
 def sh(*cmd: str, env=None) -> str:
@@ -58,7 +58,7 @@ def main() -> None:
              "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
              "--disable-runtime-dependency-installation"],
             env=env, stdout=open(root / "superlink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        time.sleep(6)
+        wait_for_port(port, procs[0])
         for i in range(2):
             sh("ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(keys / f"client{i}"))
             print(sh(str(bindir / "flwr"), "supernode", "register", str(keys / f"client{i}.pub"), "asymlora",

@@ -5,16 +5,14 @@ loopback (a SuperLink and two SuperNodes started and stopped by this test, by PI
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from .runtime_helpers import free_port, stop, tiny_config
+from .runtime_helpers import free_port, stop, tiny_config, wait_for_port
 
 pytest.importorskip("flwr")
 
@@ -59,18 +57,6 @@ def test_simulation_engine_with_a_crash_and_a_nan_update(tmp_path, model_dir):
     sent = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert {(s["client"], s["round"]) for s in sent} == {(0, 1), (0, 2), (1, 2)}
     assert all(k.split(".")[-2] in ("declora_B1", "declora_B2") for s in sent for k in s["keys"])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 def deploy(tmp_path, cfg, n_nodes, expect_code=0):
